@@ -1,0 +1,102 @@
+"""Errors the control plane raises, each with a stable code.
+
+Services and adapters raise these; only the API layer maps codes to HTTP
+statuses (see ``controlplane.api.errors``) and only the CLI turns them into
+exit codes. Vendor exceptions (tritonclient, SQLAlchemy, tarfile) are
+translated into these at the adapter that met them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ControlPlaneError(Exception):
+    """Base class: a code a client can branch on, a message a human can read."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+
+class NotFound(ControlPlaneError):
+    code = "not_found"
+
+
+class InvalidInput(ControlPlaneError):
+    """The request itself is wrong; nothing was changed."""
+
+    code = "invalid_input"
+
+
+class ArchiveRejected(InvalidInput):
+    """An uploaded archive failed the pre-scan; nothing was extracted."""
+
+    code = "archive_rejected"
+
+
+class InvalidModelConfig(InvalidInput):
+    """config.pbtxt is missing, malformed or incomplete."""
+
+    code = "invalid_model_config"
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+
+
+class Conflict(ControlPlaneError):
+    """The request races another change (a deploy already running, for example)."""
+
+    code = "conflict"
+
+
+class DeployFailed(ControlPlaneError):
+    """Triton refused or failed the new version; what served before still serves."""
+
+    code = "deploy_failed"
+
+
+class TritonUnavailable(ControlPlaneError):
+    """Triton could not be reached or did not answer in time (retryable)."""
+
+    code = "triton_unavailable"
+
+
+class ModelLoadFailed(ControlPlaneError):
+    """Triton reported the model UNAVAILABLE after a load; ``message`` holds its reason."""
+
+    code = "model_load_failed"
+
+
+class SmokeTestFailed(ControlPlaneError):
+    """A loaded version answered a smoke inference wrongly or not at all."""
+
+    code = "smoke_test_failed"
+
+
+class ProxyError(ControlPlaneError):
+    """The traffic proxy refused a runtime command or could not be reached."""
+
+    code = "proxy_error"
+
+
+class StaleSchema(ControlPlaneError):
+    """The database schema is not at the revision this code needs."""
+
+    code = "stale_schema"
+
+
+class ArtifactCorrupted(ControlPlaneError):
+    """A stored file no longer hashes to its digest; the version is not staged."""
+
+    code = "artifact_corrupted"
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"

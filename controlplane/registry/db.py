@@ -1,0 +1,124 @@
+"""Database access: engine, unit of work, schema migrations.
+
+A transaction has one owner: the service call (or reconciler pass) that opens
+``Database.transaction()``. Repository functions only ``flush()``; leaving the
+block without an exception commits, any exception rolls back.
+
+SQLite runs every transaction as ``BEGIN IMMEDIATE`` so that two writers queue
+on the database lock instead of failing with "database is locked" half-way;
+PostgreSQL relies on row locks (``SELECT ... FOR UPDATE``) taken by the
+repository functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from controlplane.errors import StaleSchema
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and immediate transactions."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event decide how a transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration pointing at the packaged migrations."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+class Database:
+    """One database: engine, session factory and schema checks."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits when the block ends normally, else rolls back."""
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Migrate the schema up to ``revision``."""
+        cfg = alembic_config(self.url)
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Migrate the schema down to ``revision``."""
+        cfg = alembic_config(self.url)
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+
+    def current_revision(self) -> str | None:
+        """The revision the database is at (None for an empty database)."""
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str:
+        """The newest revision this code knows."""
+        heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+        if len(heads) != 1:
+            raise RuntimeError(f"migrations must have exactly one head, found {heads}")
+        return heads[0]
+
+    def check_schema(self) -> None:
+        """Raise StaleSchema unless the database is at the head revision."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise StaleSchema(
+                f"database schema is at {current or 'nothing'}, this code needs {head}: "
+                "run `controlplane db upgrade`",
+                details={"current": current, "head": head},
+            )
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,297 @@
+"""Repository functions over a session the caller owns: they flush, never commit.
+
+Version numbers are assigned without races: the model row is locked
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers with
+``BEGIN IMMEDIATE``), the digest is looked up under that lock (idempotent
+pushes), and only then is the per-model counter incremented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from controlplane.domain.models import (
+    AuditEvent,
+    Deployment,
+    DeploymentState,
+    ManifestEntry,
+    Model,
+    ModelName,
+    ModelSignature,
+    ModelVersion,
+    PoolName,
+    VersionMetadata,
+    VersionState,
+)
+from controlplane.errors import NotFound
+from controlplane.registry.tables import (
+    AuditEventRow,
+    DeploymentRow,
+    ManifestRow,
+    ModelRow,
+    VersionRow,
+    utcnow,
+)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone=True columns.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _version_entity(row: VersionRow, model_name: str) -> ModelVersion:
+    return ModelVersion(
+        model=ModelName(model_name),
+        number=row.number,
+        digest=row.digest,
+        state=VersionState(row.state),
+        source_version_dir=row.source_version_dir,
+        signature=ModelSignature.from_dict(row.signature),
+        metadata=VersionMetadata.from_dict(row.meta),
+        manifest=tuple(ManifestEntry(f.path, f.size, f.sha256) for f in row.files),
+        size_bytes=row.size_bytes,
+        created_at=_aware(row.created_at),
+        last_error=row.last_error,
+    )
+
+
+def _model_row(session: Session, name: str, *, lock: bool = False) -> ModelRow:
+    stmt = select(ModelRow).where(ModelRow.name == name)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"model {name!r} does not exist", code="model_not_found")
+    return row
+
+
+def _version_row(session: Session, model: ModelRow, number: int) -> VersionRow:
+    row = session.execute(
+        select(VersionRow)
+        .where(VersionRow.model_id == model.id, VersionRow.number == number)
+        .options(selectinload(VersionRow.files))
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"model {model.name!r} has no version {number}", code="version_not_found")
+    return row
+
+
+def _ensure_model(session: Session, name: str) -> None:
+    dialect = session.get_bind().dialect.name
+    values = {"name": name, "latest_version": 0, "created_at": utcnow()}
+    if dialect == "postgresql":
+        stmt = postgresql.insert(ModelRow).values(**values).on_conflict_do_nothing(index_elements=["name"])
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(ModelRow).values(**values).on_conflict_do_nothing(index_elements=["name"])
+    else:  # pragma: no cover - other databases are not supported yet
+        raise NotImplementedError(f"database dialect {dialect} is not supported")
+    session.execute(stmt)
+
+
+def register_version(
+    session: Session,
+    *,
+    model: ModelName,
+    digest: str,
+    manifest: Sequence[ManifestEntry],
+    source_version_dir: str,
+    signature: ModelSignature,
+    metadata: VersionMetadata,
+) -> tuple[ModelVersion, bool]:
+    """Register a version, or return the existing one with the same digest.
+
+    Returns ``(version, created)``.
+    """
+    _ensure_model(session, model)
+    model_row = _model_row(session, model, lock=True)
+    existing = session.execute(
+        select(VersionRow)
+        .where(VersionRow.model_id == model_row.id, VersionRow.digest == digest)
+        .options(selectinload(VersionRow.files))
+    ).scalar_one_or_none()
+    if existing is not None:
+        return _version_entity(existing, model), False
+
+    number = session.execute(
+        update(ModelRow)
+        .where(ModelRow.id == model_row.id)
+        .values(latest_version=ModelRow.latest_version + 1)
+        .returning(ModelRow.latest_version)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    now = utcnow()
+    row = VersionRow(
+        model_id=model_row.id,
+        number=number,
+        digest=digest,
+        state=VersionState.REGISTERED.value,
+        source_version_dir=source_version_dir,
+        signature=signature.as_dict(),
+        meta=metadata.as_dict(),
+        size_bytes=sum(e.size for e in manifest),
+        created_at=now,
+        updated_at=now,
+        files=[ManifestRow(path=e.path, size=e.size, sha256=e.sha256) for e in manifest],
+    )
+    session.add(row)
+    session.flush()
+    return _version_entity(row, model), True
+
+
+def get_version(session: Session, model: str, number: int) -> ModelVersion:
+    """One version with its manifest; NotFound if the model or version does not exist."""
+    model_row = _model_row(session, model)
+    return _version_entity(_version_row(session, model_row, number), model_row.name)
+
+
+def list_versions(session: Session, model: str) -> list[ModelVersion]:
+    """All versions of a model, oldest first."""
+    model_row = _model_row(session, model)
+    rows = session.execute(
+        select(VersionRow)
+        .where(VersionRow.model_id == model_row.id)
+        .order_by(VersionRow.number)
+        .options(selectinload(VersionRow.files))
+    ).scalars()
+    return [_version_entity(r, model_row.name) for r in rows]
+
+
+def set_version_state(
+    session: Session, *, model: str, number: int, state: VersionState, error: str | None = None
+) -> None:
+    """Record a version's state (and the reason when it failed)."""
+    row = _version_row(session, _model_row(session, model), number)
+    row.state = state.value
+    row.last_error = error
+    row.updated_at = utcnow()
+    session.flush()
+
+
+def _deployment_entities(session: Session, model_ids: Sequence[int] | None = None) -> list[Deployment]:
+    stmt = (
+        select(DeploymentRow, ModelRow.name, VersionRow.number)
+        .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+        .join(VersionRow, VersionRow.id == DeploymentRow.version_id)
+        .order_by(ModelRow.name, DeploymentRow.pool)
+    )
+    if model_ids is not None:
+        stmt = stmt.where(DeploymentRow.model_id.in_(model_ids))
+    return [
+        Deployment(
+            model=ModelName(name),
+            pool=PoolName(dep.pool),
+            version=number,
+            state=DeploymentState(dep.state),
+            updated_at=_aware(dep.updated_at),
+        )
+        for dep, name, number in session.execute(stmt)
+    ]
+
+
+def get_model(session: Session, name: str) -> Model:
+    """A model with its deployments; NotFound if it does not exist."""
+    row = _model_row(session, name)
+    return Model(
+        name=ModelName(row.name),
+        created_at=_aware(row.created_at),
+        latest_version=row.latest_version,
+        deployments=tuple(_deployment_entities(session, [row.id])),
+    )
+
+
+def list_models(session: Session) -> list[Model]:
+    """Every model, by name, with its deployments."""
+    rows = session.execute(select(ModelRow).order_by(ModelRow.name)).scalars().all()
+    deployments = _deployment_entities(session)
+    return [
+        Model(
+            name=ModelName(r.name),
+            created_at=_aware(r.created_at),
+            latest_version=r.latest_version,
+            deployments=tuple(d for d in deployments if d.model == r.name),
+        )
+        for r in rows
+    ]
+
+
+def list_deployments(session: Session, *, pool: str | None = None) -> list[Deployment]:
+    """What every pool (or one pool) should serve."""
+    deployments = _deployment_entities(session)
+    return [d for d in deployments if pool is None or d.pool == pool]
+
+
+def find_deployment(session: Session, *, model: str, pool: str) -> Deployment | None:
+    """The version ``pool`` serves of ``model``, if any."""
+    for d in _deployment_entities(session, [_model_row(session, model).id]):
+        if d.pool == pool:
+            return d
+    return None
+
+
+def lock_model(session: Session, name: str) -> None:
+    """Hold the model row lock until the transaction ends (PostgreSQL; SQLite is already serial)."""
+    _model_row(session, name, lock=True)
+
+
+def set_deployment(session: Session, *, model: str, pool: str, number: int) -> None:
+    """Record that ``pool`` serves version ``number`` of ``model``."""
+    model_row = _model_row(session, model, lock=True)
+    version_row = _version_row(session, model_row, number)
+    row = session.execute(
+        select(DeploymentRow).where(DeploymentRow.model_id == model_row.id, DeploymentRow.pool == pool)
+    ).scalar_one_or_none()
+    if row is None:
+        row = DeploymentRow(model_id=model_row.id, pool=pool)
+        session.add(row)
+    row.version_id = version_row.id
+    row.state = DeploymentState.SERVING.value
+    row.updated_at = utcnow()
+    session.flush()
+
+
+def append_event(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Append an audit event (the table refuses updates and deletes)."""
+    session.add(
+        AuditEventRow(
+            at=utcnow(), actor=actor, action=action, target=target, outcome=outcome, details=dict(details or {})
+        )
+    )
+    session.flush()
+
+
+def list_events(session: Session, *, after_id: int = 0, limit: int = 100) -> list[AuditEvent]:
+    """Audit events with id above ``after_id``, oldest first."""
+    rows = session.execute(
+        select(AuditEventRow).where(AuditEventRow.id > after_id).order_by(AuditEventRow.id).limit(limit)
+    ).scalars()
+    return [
+        AuditEvent(
+            id=r.id,
+            at=_aware(r.at),
+            actor=r.actor,
+            action=r.action,
+            target=r.target,
+            outcome=r.outcome,
+            details=r.details,
+        )
+        for r in rows
+    ]
+
+
+def count_versions(session: Session) -> int:
+    """How many versions exist in all (for metrics)."""
+    return session.execute(select(func.count(VersionRow.id))).scalar_one()

@@ -1,0 +1,58 @@
+"""Settings, read from CONTROLPLANE_* environment variables (and CLI flags).
+
+Everything the embedded stack writes lives under ``state_dir``; the database
+defaults to a SQLite file there so that ``controlplane up`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one control-plane instance."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTROLPLANE_", extra="ignore")
+
+    state_dir: Path = Field(default=Path(".state"), description="Where the embedded stack keeps its files.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the state directory."
+    )
+    host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    grpc_port: int = Field(default=8001, ge=1, le=65535, description="Triton gRPC through the proxy.")
+    http_port: int = Field(default=8002, ge=1, le=65535, description="Triton HTTP through the proxy.")
+    pool_name: str = "blue"
+    triton_ports_base: int = Field(
+        default=0, ge=0, le=65000, description="First port of the pools' own Triton ports; 0 picks free ones."
+    )
+    max_upload_bytes: int = Field(default=8 * 1024**3, gt=0)
+    max_file_bytes: int = Field(default=4 * 1024**3, gt=0)
+    max_archive_members: int = Field(default=10_000, gt=0)
+    load_timeout_seconds: float = Field(default=120.0, gt=0)
+    auto_migrate: bool = Field(default=True, description="`up` upgrades the schema before starting.")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database URL, or the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{self.state_dir / 'registry.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    @property
+    def pools_dir(self) -> Path:
+        return self.state_dir / "pools"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.state_dir / "uploads"

@@ -1,0 +1,78 @@
+"""Fixtures shared by every tier: registry databases on SQLite and PostgreSQL.
+
+PostgreSQL comes from CONTROLPLANE_TEST_POSTGRES_URL (default: the server on
+this machine, database ``test``); when that variable is unset and a Docker
+engine answers, a throwaway container is used instead. Each test gets its own
+schema, dropped afterwards, so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from controlplane.registry.db import Database, make_engine
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _docker_engine_available() -> bool:
+    try:
+        import docker  # type: ignore[import-not-found]
+
+        docker.from_env(timeout=2).ping()
+    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server URL for the whole session."""
+    configured = os.environ.get("CONTROLPLANE_TEST_POSTGRES_URL")
+    if configured or not _docker_engine_available():
+        yield configured or DEFAULT_POSTGRES_URL
+        return
+    from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]
+
+    with PostgresContainer("postgres:16-alpine", driver="psycopg") as container:
+        yield container.get_connection_url()
+
+
+def _postgres_database(url: str) -> Iterator[Database]:
+    schema = f"cp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = make_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    db = Database(url, engine=engine)
+    try:
+        yield db
+    finally:
+        db.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database with no schema yet, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'registry.db'}")
+        yield db
+        db.dispose()
+    else:
+        yield from _postgres_database(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def database(empty_database: Database) -> Database:
+    """A migrated database, once on SQLite and once on PostgreSQL."""
+    empty_database.upgrade()
+    return empty_database
