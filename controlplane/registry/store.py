@@ -267,7 +267,12 @@ def append_event(
     """Append an audit event (the table refuses updates and deletes)."""
     session.add(
         AuditEventRow(
-            at=utcnow(), actor=actor, action=action, target=target, outcome=outcome, details=dict(details or {})
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            details=dict(details or {}),
         )
     )
     session.flush()

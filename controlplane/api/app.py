@@ -1,0 +1,187 @@
+"""FastAPI application: registry, deploys, health and metrics. No business logic here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+
+from controlplane.api import schemas
+from controlplane.api.errors import error_body, install_error_handlers
+from controlplane.artifacts.ingest import UploadSink
+from controlplane.domain.models import VersionMetadata, validate_model_name
+from controlplane.errors import (
+    ControlPlaneError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from controlplane.metrics import REGISTRY
+from controlplane.service import ControlPlane
+
+ARCHIVE_TYPES = {
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-tar",
+    "application/x-compressed-tar",
+    "application/zip",
+    "application/octet-stream",
+}
+
+ReadinessCheck = Callable[[], Mapping[str, str]]
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{what} {item!r} is not of the form name=value", code=f"invalid_{what}")
+        result[key] = value
+    return result
+
+
+def _metadata(labels: list[str], metrics: list[str], api_version: str | None) -> VersionMetadata:
+    parsed_metrics: dict[str, float] = {}
+    for key, value in _pairs(metrics, "metric").items():
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidInput(f"metric {key!r} is not a number: {value!r}", code="invalid_metric") from None
+        if not math.isfinite(number):
+            raise InvalidInput(f"metric {key!r} is not finite", code="invalid_metric")
+        parsed_metrics[key] = number
+    return VersionMetadata(labels=_pairs(labels, "label"), metrics=parsed_metrics, api_version=api_version)
+
+
+def create_app(
+    cp: ControlPlane, *, max_upload_bytes: int, readiness: ReadinessCheck | None = None
+) -> FastAPI:
+    """Build the API around a ControlPlane."""
+    app = FastAPI(
+        title="Triton Control Plane",
+        version="0.1.0",
+        description="Model registry, safe ingest and deploys for NVIDIA Triton Inference Server.",
+    )
+    install_error_handlers(app)
+
+    @app.get("/v1/models", response_model=list[schemas.ModelOut], tags=["registry"])
+    def list_models() -> list[schemas.ModelOut]:
+        return [schemas.model_out(m) for m in cp.list_models()]
+
+    @app.get("/v1/models/{model}", response_model=schemas.ModelOut, tags=["registry"])
+    def get_model(model: str) -> schemas.ModelOut:
+        return schemas.model_out(cp.get_model(model))
+
+    @app.get("/v1/models/{model}/versions", response_model=list[schemas.VersionSummaryOut], tags=["registry"])
+    def list_versions(model: str) -> list[schemas.VersionSummaryOut]:
+        return [schemas.version_summary(v) for v in cp.list_versions(model)]
+
+    @app.get("/v1/models/{model}/versions/{version}", response_model=schemas.VersionOut, tags=["registry"])
+    def get_version(model: str, version: int) -> schemas.VersionOut:
+        return schemas.version_out(cp.get_version(model, version))
+
+    @app.post(
+        "/v1/models/{model}/versions",
+        response_model=schemas.PushOut,
+        status_code=201,
+        tags=["registry"],
+        responses={200: {"description": "identical content was pushed before: the existing version"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "A Triton model folder (config.pbtxt and one version directory) as "
+                "tar, tar.gz or zip.",
+                "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(ARCHIVE_TYPES)
+                },
+            }
+        },
+    )
+    async def push_version(
+        model: str,
+        request: Request,
+        label: Annotated[list[str], Query(description="name=value, repeatable")] = [],  # noqa: B006
+        metric: Annotated[list[str], Query(description="name=number, repeatable")] = [],  # noqa: B006
+        api_version: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> Response:
+        validate_model_name(model)
+        metadata = _metadata(label, metric, api_version)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ARCHIVE_TYPES:
+            accepted = ", ".join(sorted(ARCHIVE_TYPES))
+            raise UnsupportedMediaType(
+                f"content type {content_type or 'none'!r} is not an archive; send one of: {accepted}"
+            )
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise PayloadTooLarge(f"upload of {declared} bytes is over the limit of {max_upload_bytes}")
+        sink = UploadSink(cp.uploads_dir, max_bytes=max_upload_bytes)
+        try:
+            async for chunk in request.stream():
+                sink.write(chunk)
+            path = sink.close()
+            if sink.size == 0:
+                raise InvalidInput("the request body is empty; send the model archive", code="empty_upload")
+            version, created = await run_in_threadpool(cp.push, model=model, archive=path, metadata=metadata)
+        finally:
+            sink.discard()
+        body = schemas.PushOut(**schemas.version_out(version).model_dump(), created=created)
+        return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
+
+    @app.post(
+        "/v1/models/{model}/versions/{version}/deploy", response_model=schemas.DeploymentOut, tags=["deploy"]
+    )
+    def deploy(model: str, version: int, pool: str | None = None) -> schemas.DeploymentOut:
+        return schemas.deployment_out(cp.deploy(model, version, pool=pool))
+
+    @app.get("/v1/events", response_model=list[schemas.EventOut], tags=["audit"])
+    def events(
+        after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[schemas.EventOut]:
+        return [schemas.event_out(e) for e in cp.events(after_id=after, limit=limit)]
+
+    @app.get("/healthz", response_model=schemas.HealthOut, tags=["health"])
+    def healthz(model: str | None = None) -> JSONResponse:
+        """Liveness; with ``model=NAME``: 200 only if that model is READY on every pool that serves it."""
+        if model is None:
+            return JSONResponse(schemas.HealthOut(status="ok").model_dump(exclude_none=True))
+        try:
+            health = cp.model_health(model)
+        except NotFound as exc:
+            return JSONResponse(error_body(exc.code, exc.message), status_code=404)
+        body = schemas.HealthOut(
+            status="ok" if health.ready else "unavailable",
+            model=model,
+            reason=health.reason,
+            pools=dict(health.pools),
+        )
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if health.ready else 503)
+
+    @app.get("/readyz", response_model=schemas.HealthOut, tags=["health"])
+    def readyz() -> JSONResponse:
+        """Ready when the database schema is current and every pool and the proxy answer."""
+        checks: dict[str, str] = {}
+        try:
+            cp.db.check_schema()
+            checks["database"] = "ok"
+        except (ControlPlaneError, SQLAlchemyError) as exc:
+            checks["database"] = str(exc).splitlines()[0]
+        if readiness is not None:
+            checks.update(readiness())
+        ok = all(v == "ok" for v in checks.values())
+        body = schemas.HealthOut(status="ok" if ok else "unavailable", checks=checks)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

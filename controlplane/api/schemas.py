@@ -1,0 +1,136 @@
+"""Response bodies of the REST API (what OpenAPI documents)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from controlplane.domain import models as d
+
+
+class TensorOut(BaseModel):
+    name: str
+    data_type: str
+    dims: list[int]
+
+
+class SignatureOut(BaseModel):
+    backend: str
+    max_batch_size: int
+    inputs: list[TensorOut]
+    outputs: list[TensorOut]
+
+
+class ManifestEntryOut(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class MetadataOut(BaseModel):
+    labels: dict[str, str]
+    metrics: dict[str, float]
+    api_version: str | None
+
+
+class VersionSummaryOut(BaseModel):
+    model: str
+    version: int
+    digest: str
+    state: str
+    size_bytes: int
+    created_at: datetime
+    last_error: str | None
+    metadata: MetadataOut
+
+
+class VersionOut(VersionSummaryOut):
+    signature: SignatureOut
+    manifest: list[ManifestEntryOut]
+
+
+class DeploymentOut(BaseModel):
+    model: str
+    pool: str
+    version: int
+    state: str
+    updated_at: datetime
+
+
+class ModelOut(BaseModel):
+    name: str
+    created_at: datetime
+    latest_version: int
+    deployments: list[DeploymentOut]
+
+
+class PushOut(VersionOut):
+    created: bool
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    details: dict[str, Any]
+
+
+class HealthOut(BaseModel):
+    status: str
+    model: str | None = None
+    reason: str | None = None
+    pools: dict[str, str] | None = None
+    checks: dict[str, str] | None = None
+
+
+def version_summary(v: d.ModelVersion) -> VersionSummaryOut:
+    return VersionSummaryOut(
+        model=v.model,
+        version=v.number,
+        digest=v.digest,
+        state=v.state.value,
+        size_bytes=v.size_bytes,
+        created_at=v.created_at,
+        last_error=v.last_error,
+        metadata=MetadataOut(**v.metadata.as_dict()),
+    )
+
+
+def version_out(v: d.ModelVersion) -> VersionOut:
+    return VersionOut(
+        **version_summary(v).model_dump(),
+        signature=SignatureOut(**v.signature.as_dict()),
+        manifest=[ManifestEntryOut(path=e.path, size=e.size, sha256=e.sha256) for e in v.manifest],
+    )
+
+
+def deployment_out(dep: d.Deployment) -> DeploymentOut:
+    return DeploymentOut(
+        model=dep.model, pool=dep.pool, version=dep.version, state=dep.state.value, updated_at=dep.updated_at
+    )
+
+
+def model_out(m: d.Model) -> ModelOut:
+    return ModelOut(
+        name=m.name,
+        created_at=m.created_at,
+        latest_version=m.latest_version,
+        deployments=[deployment_out(x) for x in m.deployments],
+    )
+
+
+def event_out(e: d.AuditEvent) -> EventOut:
+    return EventOut(
+        id=e.id,
+        at=e.at,
+        actor=e.actor,
+        action=e.action,
+        target=e.target,
+        outcome=e.outcome,
+        details=dict(e.details),
+    )

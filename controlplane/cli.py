@@ -1,0 +1,255 @@
+"""The ``controlplane`` command.
+
+``up`` and ``db`` act locally; the registry and deploy commands are clients
+of the REST API of a running control plane (``--api`` or CONTROLPLANE_API_URL),
+because the running stack owns the Triton pools. Every failure prints one
+readable line on stderr and exits non-zero (1: refused, 2: unreachable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+
+app = typer.Typer(
+    help="Triton Control Plane: model registry, safe ingest and deploys for Triton.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+ApiUrl = Annotated[
+    str,
+    typer.Option("--api", envvar="CONTROLPLANE_API_URL", help="REST API of the running control plane."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer.")]
+DEFAULT_API = "http://127.0.0.1:8000"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr, then exit."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _request(method: str, api: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with httpx.Client(base_url=api, timeout=httpx.Timeout(600.0, connect=5.0)) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the control plane at {api}: {exc}", 2)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+        message = error.get("message") or response.text.strip() or response.reason_phrase
+        fail(f"{message} ({error.get('code', response.status_code)})")
+    return body
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+# -- the embedded stack ----------------------------------------------------------------
+
+
+@app.command()
+def up(
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where registry, artifacts and pools live [CONTROLPLANE_STATE_DIR].")
+    ] = None,
+    api_port: Annotated[int | None, typer.Option(help="REST API port [CONTROLPLANE_API_PORT].")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Triton gRPC through the proxy [CONTROLPLANE_GRPC_PORT].")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Triton HTTP through the proxy [CONTROLPLANE_HTTP_PORT].")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [CONTROLPLANE_HOST].")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL [CONTROLPLANE_DATABASE_URL]; default SQLite.")
+    ] = None,
+) -> None:
+    """Start the embedded stack: Triton, HAProxy and the REST API, until Ctrl-C or SIGTERM."""
+    from controlplane.runtime.embedded import run_embedded
+    from controlplane.settings import Settings
+
+    overrides = {
+        "state_dir": state_dir,
+        "api_port": api_port,
+        "grpc_port": grpc_port,
+        "http_port": http_port,
+        "host": host,
+        "database_url": database_url,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        fail(str(exc).replace("\n", " "))
+    from controlplane.errors import ControlPlaneError
+
+    try:
+        run_embedded(settings)
+    except ControlPlaneError as exc:
+        fail(f"{exc.message} ({exc.code})")
+
+
+# -- registry and deploys over the API --------------------------------------------------
+
+
+@app.command()
+def push(
+    folder: Annotated[
+        Path, typer.Argument(help="A Triton model folder: config.pbtxt and one version directory.")
+    ],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name in the registry.")],
+    label: Annotated[list[str] | None, typer.Option(help="name=value, repeatable.")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="name=number, repeatable.")] = None,
+    api_version: Annotated[str | None, typer.Option(help="API version the model is compatible with.")] = None,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upload a model folder as a new version and print its number."""
+    from controlplane.artifacts.archive import pack_directory
+    from controlplane.errors import ControlPlaneError
+
+    if not folder.is_dir():
+        fail(f"{folder} is not a directory")
+    params: list[tuple[str, str]] = [("label", x) for x in label or []] + [
+        ("metric", x) for x in metric or []
+    ]
+    if api_version:
+        params.append(("api_version", api_version))
+    with tempfile.TemporaryDirectory(prefix="controlplane-push-") as tmp:
+        archive = Path(tmp) / "model.tar.gz"
+        try:
+            pack_directory(folder, archive)
+        except ControlPlaneError as exc:
+            fail(exc.message)
+        with open(archive, "rb") as body:
+            result = _request(
+                "POST",
+                api,
+                f"/v1/models/{model}/versions",
+                params=params,
+                content=body,
+                headers={"content-type": "application/gzip"},
+            )
+    if as_json:
+        _print_json(result)
+        return
+    what = "pushed" if result["created"] else "already registered (same content):"
+    typer.echo(f"{what} {result['model']} version {result['version']} sha256:{result['digest']}")
+
+
+@app.command()
+def deploy(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    pool: Annotated[str | None, typer.Option(help="Pool to serve on (default: the stack's pool).")] = None,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Stage, load and smoke-test a version, then make it serve."""
+    params = {"pool": pool} if pool else {}
+    result = _request("POST", api, f"/v1/models/{model}/versions/{version}/deploy", params=params)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{result['model']} version {result['version']} is serving on pool {result['pool']}")
+
+
+@app.command()
+def models(api: ApiUrl = DEFAULT_API, as_json: JsonFlag = False) -> None:
+    """List models and where they serve."""
+    result = _request("GET", api, "/v1/models")
+    if as_json:
+        _print_json(result)
+        return
+    if not result:
+        typer.echo("no models")
+    for m in result:
+        serving = ", ".join(f"v{d['version']}@{d['pool']}" for d in m["deployments"]) or "not deployed"
+        typer.echo(f"{m['name']:<24} latest v{m['latest_version']:<4} {serving}")
+
+
+@app.command()
+def versions(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a model's versions."""
+    result = _request("GET", api, f"/v1/models/{model}/versions")
+    if as_json:
+        _print_json(result)
+        return
+    for v in result:
+        typer.echo(f"v{v['version']:<4} {v['state']:<10} {v['size_bytes']:>12} B  sha256:{v['digest'][:16]}…")
+
+
+@app.command()
+def show(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    api: ApiUrl = DEFAULT_API,
+) -> None:
+    """Print one version as JSON: manifest, digest, signature, metadata, state."""
+    _print_json(_request("GET", api, f"/v1/models/{model}/versions/{version}"))
+
+
+# -- database ------------------------------------------------------------------------------
+
+
+def _database_url(database_url: str | None) -> str:
+    from controlplane.settings import Settings
+
+    return database_url or Settings().effective_database_url
+
+
+DbUrl = Annotated[str | None, typer.Option(help="SQLAlchemy URL [CONTROLPLANE_DATABASE_URL].")]
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DbUrl = None, revision: str = "head") -> None:
+    """Migrate the registry schema."""
+    from controlplane.registry.db import Database
+
+    db = Database(_database_url(database_url))
+    db.upgrade(revision)
+    typer.echo(f"database at revision {db.current_revision()}")
+    db.dispose()
+
+
+@db_app.command("current")
+def db_current(database_url: DbUrl = None) -> None:
+    """Print the schema revision of the database and whether it is current."""
+    from controlplane.registry.db import Database
+
+    db = Database(_database_url(database_url))
+    current, head = db.current_revision(), db.head_revision()
+    db.dispose()
+    typer.echo(f"{current or 'empty'} (code needs {head})")
+    if current != head:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``controlplane`` script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app(prog_name="controlplane")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

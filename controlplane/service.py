@@ -1,0 +1,336 @@
+"""The service layer: push, deploy, reconcile, health. API, CLI and runtime call these.
+
+Concurrency: one deploy per pool at a time (a second gets Conflict, not a
+race); pushes run concurrently and the registry numbers them without races.
+
+Deploy order (what FACTS.md measured to lose no request on one pool):
+build the new folder aside, swap it in atomically, reload in Triton (the old
+version keeps serving until the new one is READY), smoke-test it, and only
+then record it as serving. On any failure the previous folder is swapped back
+and reloaded, so the registry and the live repository keep agreeing.
+
+After a crash, ``reconcile`` makes each pool's repository and Triton match the
+deployments recorded in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controlplane.artifacts.archive import ArchiveLimits
+from controlplane.artifacts.blobs import BlobStore
+from controlplane.artifacts.ingest import ingest_archive
+from controlplane.domain.models import (
+    Deployment,
+    Model,
+    ModelName,
+    ModelVersion,
+    VersionMetadata,
+    VersionState,
+    validate_model_name,
+)
+from controlplane.errors import (
+    ArtifactCorrupted,
+    Conflict,
+    ControlPlaneError,
+    DeployFailed,
+    ModelLoadFailed,
+    NotFound,
+    SmokeTestFailed,
+    TritonUnavailable,
+)
+from controlplane.metrics import DEPLOY_SECONDS, DEPLOYS, PUSHES
+from controlplane.registry import store
+from controlplane.registry.db import Database
+from controlplane.staging.repository import PoolRepository
+from controlplane.triton.client import TritonClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pool:
+    """A Triton server (or, later, replicas) with its model repository."""
+
+    name: str
+    repository: PoolRepository
+    triton: TritonClient
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """Whether a model is READY where it serves, and why not."""
+
+    model: str
+    ready: bool
+    reason: str
+    pools: Mapping[str, str]
+
+
+class ControlPlane:
+    """Registry, artifact store and pools, with the operations on them."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        blobs: BlobStore,
+        uploads_dir: Path,
+        pools: Mapping[str, Pool],
+        default_pool: str,
+        limits: ArchiveLimits,
+        load_timeout: float = 120.0,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.uploads_dir = uploads_dir
+        self.pools = dict(pools)
+        self.default_pool = default_pool
+        self.limits = limits
+        self.load_timeout = load_timeout
+
+    # registry -----------------------------------------------------------------
+
+    def push(
+        self, *, model: str, archive: Path, metadata: VersionMetadata, actor: str = "anonymous"
+    ) -> tuple[ModelVersion, bool]:
+        """Ingest an archive as a new version of ``model`` (or return the identical one)."""
+        name = validate_model_name(model)
+        try:
+            artifact = ingest_archive(
+                archive, model_name=name, store=self.blobs, work_dir=self.uploads_dir, limits=self.limits
+            )
+        except ControlPlaneError as exc:
+            PUSHES.labels("rejected").inc()
+            self._audit(actor, "push", name, "rejected", {"code": exc.code, "error": exc.message})
+            raise
+        with self.db.transaction() as session:
+            version, created = store.register_version(
+                session,
+                model=name,
+                digest=artifact.digest,
+                manifest=artifact.manifest,
+                source_version_dir=artifact.source_version_dir,
+                signature=artifact.signature,
+                metadata=metadata,
+            )
+            store.append_event(
+                session,
+                actor=actor,
+                action="push",
+                target=f"{name}/{version.number}",
+                outcome="created" if created else "unchanged",
+                details={"digest": version.digest, "files": len(version.manifest)},
+            )
+        PUSHES.labels("created" if created else "unchanged").inc()
+        return version, created
+
+    def list_models(self) -> list[Model]:
+        with self.db.transaction() as session:
+            return store.list_models(session)
+
+    def get_model(self, model: str) -> Model:
+        with self.db.transaction() as session:
+            return store.get_model(session, model)
+
+    def list_versions(self, model: str) -> list[ModelVersion]:
+        with self.db.transaction() as session:
+            return store.list_versions(session, model)
+
+    def get_version(self, model: str, number: int) -> ModelVersion:
+        with self.db.transaction() as session:
+            return store.get_version(session, model, number)
+
+    def events(self, *, after_id: int = 0, limit: int = 100) -> list:
+        with self.db.transaction() as session:
+            return store.list_events(session, after_id=after_id, limit=limit)
+
+    # deploy -------------------------------------------------------------------
+
+    def _pool(self, name: str | None) -> Pool:
+        pool_name = name or self.default_pool
+        try:
+            return self.pools[pool_name]
+        except KeyError:
+            raise NotFound(f"pool {pool_name!r} does not exist", code="pool_not_found") from None
+
+    @contextmanager
+    def _exclusive(self, pool: Pool) -> Iterator[None]:
+        if not pool.lock.acquire(blocking=False):
+            raise Conflict(f"another deploy is running on pool {pool.name!r}", code="deploy_in_progress")
+        try:
+            yield
+        finally:
+            pool.lock.release()
+
+    def deploy(
+        self, model: str, number: int, *, pool: str | None = None, actor: str = "anonymous"
+    ) -> Deployment:
+        """Make ``number`` the version of ``model`` that ``pool`` serves."""
+        target = self._pool(pool)
+        with self._exclusive(target):
+            with self.db.transaction() as session:
+                version = store.get_version(session, model, number)
+                current = store.find_deployment(session, model=model, pool=target.name)
+            started = time.monotonic()
+            try:
+                self._install(target, version, previous=current.version if current else None)
+            except (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted) as exc:
+                with self.db.transaction() as session:
+                    store.set_version_state(
+                        session, model=model, number=number, state=VersionState.FAILED, error=exc.message
+                    )
+                    store.append_event(
+                        session,
+                        actor=actor,
+                        action="deploy",
+                        target=f"{model}/{number}",
+                        outcome="failed",
+                        details={"pool": target.name, "code": exc.code, "error": exc.message},
+                    )
+                DEPLOYS.labels("failed").inc()
+                raise DeployFailed(
+                    f"deploy of {model} version {number} failed: {exc.message}",
+                    details={"cause": exc.code, "still_serving": current.version if current else None},
+                ) from exc
+            with self.db.transaction() as session:
+                store.set_deployment(session, model=model, pool=target.name, number=number)
+                store.set_version_state(session, model=model, number=number, state=VersionState.SERVING)
+                if current and current.version != number:
+                    store.set_version_state(
+                        session, model=model, number=current.version, state=VersionState.RETIRED
+                    )
+                store.append_event(
+                    session,
+                    actor=actor,
+                    action="deploy",
+                    target=f"{model}/{number}",
+                    outcome="serving",
+                    details={
+                        "pool": target.name,
+                        "previous": current.version if current else None,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                )
+                deployment = store.find_deployment(session, model=model, pool=target.name)
+            DEPLOYS.labels("serving").inc()
+            DEPLOY_SECONDS.observe(time.monotonic() - started)
+            assert deployment is not None
+            return deployment
+
+    def _install(self, pool: Pool, version: ModelVersion, *, previous: int | None) -> None:
+        """Stage, swap in, load, smoke-test; on failure put the previous folder back."""
+        built = pool.repository.build(version, self.blobs, verify=True)
+        old_folder = pool.repository.activate(version.model, built)
+        try:
+            pool.triton.load(version.model, version.number, timeout=self.load_timeout)
+            pool.triton.smoke_test(version.model, version.number, version.signature)
+        except (ModelLoadFailed, SmokeTestFailed, TritonUnavailable):
+            pool.repository.restore(version.model, old_folder)
+            self._restore_in_triton(pool, version.model, previous)
+            raise
+        if old_folder is not None:
+            shutil.rmtree(old_folder, ignore_errors=True)
+
+    def _restore_in_triton(self, pool: Pool, model: str, previous: int | None) -> None:
+        try:
+            if previous is None:
+                pool.triton.unload(model)
+            else:
+                pool.triton.load(model, previous, timeout=self.load_timeout)
+        except ControlPlaneError as exc:
+            # The reconciler converges later; the deploy error is what the caller needs.
+            log.warning("restoring %s on pool %s after a failed deploy: %s", model, pool.name, exc)
+
+    # reconcile ----------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Make every pool's repository and Triton match the recorded deployments; return what changed."""
+        changes: list[str] = []
+        for pool in self.pools.values():
+            with self._exclusive(pool):
+                changes.extend(self._reconcile_pool(pool))
+        return changes
+
+    def _reconcile_pool(self, pool: Pool) -> list[str]:
+        changes: list[str] = []
+        pool.repository.clear_staging()
+        with self.db.transaction() as session:
+            wanted = {
+                d.model: store.get_version(session, d.model, d.version)
+                for d in store.list_deployments(session, pool=pool.name)
+            }
+        for name in pool.repository.live_models():
+            if name not in wanted:
+                pool.repository.remove(name)
+                changes.append(f"removed {name} from {pool.name}")
+        loaded = {(s.name, s.version): s.state for s in pool.triton.repository_index()}
+        for name, version in wanted.items():
+            on_disk = pool.repository.matches(version, self.blobs)
+            ready = loaded.get((name, str(version.number))) == "READY"
+            if on_disk and ready:
+                continue
+            try:
+                if not on_disk:
+                    built = pool.repository.build(version, self.blobs, verify=True)
+                    old = pool.repository.activate(name, built)
+                    if old is not None:
+                        shutil.rmtree(old, ignore_errors=True)
+                pool.triton.load(name, version.number, timeout=self.load_timeout)
+            except (ModelLoadFailed, ArtifactCorrupted) as exc:
+                # Permanent for this version: report it and go on with the other models.
+                log.error("reconcile: %s version %s on %s: %s", name, version.number, pool.name, exc)
+                changes.append(f"failed {name} version {version.number} on {pool.name}: {exc.message}")
+                continue
+            changes.append(f"loaded {name} version {version.number} on {pool.name}")
+        for (name, _version), state in loaded.items():
+            if name not in wanted and state == "READY":
+                pool.triton.unload(name)
+                changes.append(f"unloaded {name} from {pool.name}")
+        return changes
+
+    # health -------------------------------------------------------------------
+
+    def model_health(self, model: str) -> ModelHealth:
+        """READY on every pool that serves it? NotFound for an unknown model."""
+        info = self.get_model(model)
+        if not info.deployments:
+            return ModelHealth(model, False, f"model {model!r} is not deployed on any pool", {})
+        states: dict[str, str] = {}
+        for d in info.deployments:
+            pool = self.pools.get(d.pool)
+            if pool is None:
+                states[d.pool] = "unknown pool"
+            elif pool.triton.is_model_ready(ModelName(model), d.version):
+                states[d.pool] = "READY"
+            else:
+                statuses = [s for s in _safe_status(pool, model) if s.version == str(d.version)]
+                states[d.pool] = (
+                    f"{statuses[0].state}: {statuses[0].reason}".rstrip(": ") if statuses else "not loaded"
+                )
+        not_ready = {p: s for p, s in states.items() if s != "READY"}
+        if not_ready:
+            reason = "; ".join(f"version on pool {p} is {s}" for p, s in not_ready.items())
+            return ModelHealth(model, False, reason, states)
+        return ModelHealth(model, True, "READY", states)
+
+    def _audit(self, actor: str, action: str, target: str, outcome: str, details: dict) -> None:
+        with self.db.transaction() as session:
+            store.append_event(
+                session, actor=actor, action=action, target=target, outcome=outcome, details=details
+            )
+
+
+def _safe_status(pool: Pool, model: str) -> list:
+    try:
+        return pool.triton.model_status(model)
+    except TritonUnavailable:
+        return []

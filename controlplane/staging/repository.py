@@ -1,0 +1,122 @@
+"""A Triton pool's model repository, built from the blob store.
+
+Layout under the pool directory::
+
+    repository/<model>/config.pbtxt, <N>/...   what Triton reads (live)
+    staging/<model>.<N>.<random>/               folders being built
+
+Files are hard links to the read-only blobs (copies only across
+filesystems). A folder is built completely in ``staging/`` and then swapped
+into ``repository/`` atomically (``staging.swap``), so Triton never sees a
+half-written model. Only one writer per pool may run at a time; the deploy
+service serialises them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from controlplane.artifacts.blobs import BlobStore
+from controlplane.domain.models import ModelVersion, staged_path
+from controlplane.staging.swap import replace_directory
+
+
+class PoolRepository:
+    """The live and staging folders of one pool."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.live = root / "repository"
+        self.staging = root / "staging"
+        self.live.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def clear_staging(self) -> None:
+        """Remove leftovers of builds that a crash interrupted."""
+        for leftover in self.staging.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def live_models(self) -> list[str]:
+        """Names of the model folders Triton can see."""
+        return sorted(p.name for p in self.live.iterdir() if p.is_dir())
+
+    def build(self, version: ModelVersion, store: BlobStore, *, verify: bool = True) -> Path:
+        """Build version's folder in staging (renumbered to ``version.number``); return its path.
+
+        With ``verify`` every blob is re-hashed first, so a changed or missing
+        file is refused before anything is linked.
+        """
+        folder = self.staging / f"{version.model}.{version.number}.{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        try:
+            for entry in version.manifest:
+                blob = store.verify(entry.sha256, entry.size) if verify else store.path_for(entry.sha256)
+                rel = staged_path(
+                    entry.path, source_version_dir=version.source_version_dir, number=version.number
+                )
+                dest = folder / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(blob, dest)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
+
+    def activate(self, model: str, built: Path) -> Path | None:
+        """Swap ``built`` in as the live folder of ``model``; return the previous folder's path, if any."""
+        return replace_directory(built, self.live / model)
+
+    def restore(self, model: str, previous: Path | None) -> None:
+        """Undo ``activate``: put ``previous`` back live, or remove the model if there was none."""
+        live = self.live / model
+        if previous is None:
+            shutil.rmtree(live, ignore_errors=True)
+            return
+        discarded = replace_directory(previous, live)
+        if discarded is not None:
+            shutil.rmtree(discarded, ignore_errors=True)
+
+    def remove(self, model: str) -> None:
+        """Take a model folder out of the live repository."""
+        live = self.live / model
+        if live.exists():
+            aside = self.staging / f"{model}.removed.{uuid.uuid4().hex[:8]}"
+            os.rename(live, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def matches(self, version: ModelVersion, store: BlobStore) -> bool:
+        """Whether the live folder holds exactly this version's files (same inodes or same sizes)."""
+        live = self.live / version.model
+        if not live.is_dir():
+            return False
+        expected = {
+            staged_path(e.path, source_version_dir=version.source_version_dir, number=version.number): e
+            for e in version.manifest
+        }
+        actual = {p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()}
+        if actual != set(expected):
+            return False
+        for rel, entry in expected.items():
+            st = (live / rel).stat()
+            try:
+                blob = store.path_for(entry.sha256).stat()
+            except FileNotFoundError:
+                return False
+            same_file = (st.st_ino, st.st_dev) == (blob.st_ino, blob.st_dev)
+            if not same_file and st.st_size != entry.size:
+                return False
+        return True
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copyfile(src, dest)
+        os.chmod(dest, 0o444)

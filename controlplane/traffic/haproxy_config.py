@@ -1,0 +1,305 @@
+"""HAProxy configuration for Triton pools: validated inputs, rendered text, no I/O.
+
+The rendered configuration puts every Triton pool ("blue", "green", ...) behind
+two frontends:
+
+* a gRPC frontend (h2c) whose backend ``triton_grpc`` speaks HTTP/2 to each
+  pool's gRPC port, and
+* an HTTP frontend whose backend ``triton_http`` speaks HTTP/1.1 to each pool's
+  HTTP port.
+
+A server keeps the pool's name in both backends, so one runtime command per
+backend moves a pool's traffic (see ``haproxy_runtime.HAProxyRuntime``).
+
+Invariants the rendered text keeps (unit tests assert each one):
+
+* Triton's model-control API is never reachable through the proxy: HTTP paths
+  under ``/v2/repository`` get a 403 and the gRPC ``Repository*`` methods get a
+  gRPC ``PERMISSION_DENIED``. Only the control plane, talking to Triton
+  directly, loads and unloads models.
+* Health is judged by ``GET /v2/health/ready`` on the pool's HTTP port for both
+  backends, so a pool that is alive but not ready takes no traffic.
+* Client-visible gRPC errors are counted per server name in the stick table
+  ``grpc_errors`` (Triton sends a failed call as a Trailers-Only response, so
+  ``grpc-status`` shows up in the response headers only when a call failed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+GRPC_FRONTEND = "grpc_in"
+HTTP_FRONTEND = "http_in"
+STATS_FRONTEND = "stats"
+GRPC_BACKEND = "triton_grpc"
+HTTP_BACKEND = "triton_http"
+GRPC_ERROR_TABLE = "grpc_errors"
+POOL_BACKENDS: tuple[str, str] = (GRPC_BACKEND, HTTP_BACKEND)
+
+HEALTH_PATH = "/v2/health/ready"
+HTTP_MODEL_CONTROL_PREFIX = "/v2/repository"
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+GRPC_MODEL_CONTROL_METHODS: tuple[str, ...] = (
+    GRPC_SERVICE + "RepositoryIndex",
+    GRPC_SERVICE + "RepositoryModelLoad",
+    GRPC_SERVICE + "RepositoryModelUnload",
+)
+# A prefix rather than the three exact paths: it covers all three today and any
+# Repository* method a later Triton adds, and nothing else in the service
+# starts with it.
+GRPC_MODEL_CONTROL_PREFIX = GRPC_SERVICE + "Repository"
+MODEL_CONTROL_DENIED_MESSAGE = "model control is not available through the proxy"
+# gRPC status code PERMISSION_DENIED.
+GRPC_PERMISSION_DENIED = 7
+
+MAX_WEIGHT = 256
+MAX_NAME_LEN = 32
+# The stick table stores server names; keep room above MAX_NAME_LEN.
+_TABLE_KEY_LEN = 64
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_UNIX_SOCKET_PATH = 107
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# Characters that would need quoting or would end a token in haproxy's config
+# syntax; refusing them is simpler and safer than quoting.
+_UNSAFE_PATH_CHARS = re.compile(r"[\s\"'#\\$]")
+
+
+def validate_name(value: object, what: str = "name") -> str:
+    """Return ``value`` if it is a valid backend/server/pool name, else raise ValueError.
+
+    The same rule serves config rendering and runtime commands: a name that
+    passes can be written into the config and into an admin-socket command
+    without quoting.
+    """
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise ValueError(f"{what} must match [A-Za-z0-9_-]+, got {value!r}")
+    if len(value) > MAX_NAME_LEN:
+        raise ValueError(f"{what} must be at most {MAX_NAME_LEN} characters, got {value!r}")
+    return value
+
+
+def validate_port(value: object, what: str = "port") -> int:
+    """Return ``value`` if it is an int in 1..65535, else raise ValueError."""
+    # bool is an int subclass; True as a port is a bug, not port 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{what} must be an integer in 1..65535, got {value!r}")
+    return value
+
+
+def validate_weight(value: object) -> int:
+    """Return ``value`` if it is an int in 0..256 (HAProxy's weight range), else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
+        raise ValueError(f"weight must be an integer in 0..{MAX_WEIGHT}, got {value!r}")
+    return value
+
+
+def validate_host(value: object, what: str = "host") -> str:
+    """Return ``value`` if it is an IPv4/IPv6 literal or a hostname, else raise ValueError."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME_RE.fullmatch(value) or len(value) > 253:
+            raise ValueError(f"{what} is neither an IP address nor a hostname: {value!r}") from None
+    return value
+
+
+def _validate_bind(value: object, what: str) -> tuple[str, int]:
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise ValueError(f"{what} must be a (host, port) tuple, got {value!r}")
+    host, port = value
+    return validate_host(host, f"{what} host"), validate_port(port, f"{what} port")
+
+
+def _validate_path(value: object, what: str, *, unix_socket: bool = False) -> Path:
+    if not isinstance(value, Path):
+        raise ValueError(f"{what} must be a pathlib.Path, got {value!r}")
+    text = str(value)
+    if _UNSAFE_PATH_CHARS.search(text):
+        raise ValueError(f"{what} must not contain whitespace, quotes, '#', '$' or '\\': {text!r}")
+    if unix_socket and len(text.encode()) > _MAX_UNIX_SOCKET_PATH:
+        raise ValueError(
+            f"{what} is {len(text.encode())} bytes; a Unix socket path must be at most "
+            f"{_MAX_UNIX_SOCKET_PATH}: {text!r}"
+        )
+    return value
+
+
+def format_address(host: str, port: int) -> str:
+    """Return ``host:port`` as HAProxy wants it (IPv6 literals in brackets)."""
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class PoolEndpoint:
+    """One Triton pool as seen by the proxy: where its gRPC and HTTP ports are, and its weight."""
+
+    name: str
+    host: str
+    grpc_port: int
+    http_port: int
+    weight: int
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "pool name")
+        validate_host(self.host, f"pool {self.name} host")
+        validate_port(self.grpc_port, f"pool {self.name} grpc_port")
+        validate_port(self.http_port, f"pool {self.name} http_port")
+        validate_weight(self.weight)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Everything ``render_config`` needs; validated on construction."""
+
+    grpc_bind: tuple[str, int]
+    http_bind: tuple[str, int]
+    admin_socket: Path
+    pools: tuple[PoolEndpoint, ...]
+    pid_file: Path | None = None
+    stats_bind: tuple[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        _validate_bind(self.grpc_bind, "grpc_bind")
+        _validate_bind(self.http_bind, "http_bind")
+        binds = [self.grpc_bind, self.http_bind]
+        if self.stats_bind is not None:
+            _validate_bind(self.stats_bind, "stats_bind")
+            binds.append(self.stats_bind)
+        if len(set(binds)) != len(binds):
+            raise ValueError(f"grpc_bind, http_bind and stats_bind must differ, got {binds}")
+        _validate_path(self.admin_socket, "admin_socket", unix_socket=True)
+        if self.pid_file is not None:
+            _validate_path(self.pid_file, "pid_file")
+        if isinstance(self.pools, list):
+            # Accept a list for convenience but keep the dataclass hashable and immutable.
+            object.__setattr__(self, "pools", tuple(self.pools))
+        if not isinstance(self.pools, tuple) or not self.pools:
+            raise ValueError("pools must be a non-empty tuple of PoolEndpoint")
+        for pool in self.pools:
+            if not isinstance(pool, PoolEndpoint):
+                raise ValueError(f"pools must hold PoolEndpoint objects, got {pool!r}")
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+
+
+def _grpc_server_line(pool: PoolEndpoint) -> str:
+    # check-proto h1 matters: without it the check inherits "proto h2" from the
+    # server and speaks HTTP/2 to Triton's HTTP/1.1-only port, which fails every
+    # check (seen here as "Layer7 timeout", the whole backend DOWN).
+    return (
+        f"    server {pool.name} {format_address(pool.host, pool.grpc_port)} proto h2"
+        f" weight {pool.weight} check check-proto h1 port {pool.http_port}"
+        " inter 500 fall 2 rise 2"
+    )
+
+
+def _http_server_line(pool: PoolEndpoint) -> str:
+    return (
+        f"    server {pool.name} {format_address(pool.host, pool.http_port)}"
+        f" weight {pool.weight} check inter 500 fall 2 rise 2"
+    )
+
+
+def render_config(cfg: ProxyConfig) -> str:
+    """Render the complete haproxy.cfg text for ``cfg``.
+
+    Pure: writes nothing. Run ``haproxy -c -f FILE`` on the written file before
+    (re)starting a proxy with it.
+    """
+    grpc_addr = format_address(*cfg.grpc_bind)
+    http_addr = format_address(*cfg.http_bind)
+    lines: list[str] = [
+        "# Rendered by controlplane.traffic.haproxy_config; edits are overwritten.",
+        "global",
+        "    maxconn 4096",
+        f"    stats socket {cfg.admin_socket} mode 600 level admin",
+        "    stats timeout 30s",
+        # A soft stop (SIGUSR1) waits for open streams; a gRPC stream can stay
+        # open indefinitely, so bound the wait.
+        "    hard-stop-after 30s",
+    ]
+    if cfg.pid_file is not None:
+        lines.append(f"    pidfile {cfg.pid_file}")
+    lines += [
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        # Long enough for slow inferences and streaming calls; an idle gRPC
+        # client connection closed after this just reconnects.
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout http-request 10s",
+        # Together with the fast health checks these made kill -9 of a pool
+        # under load invisible to clients (0 failed of 25,125 in FACTS.md).
+        "    retries 3",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response response-timeout",
+        "",
+        f"frontend {GRPC_FRONTEND}",
+        f"    bind {grpc_addr} proto h2",
+        # Answer as gRPC (HTTP 200 + grpc-status) so clients get a readable
+        # PERMISSION_DENIED instead of "Received http2 header with status: 403".
+        # url_dec so that a percent-encoded method name cannot slip past.
+        f"    acl model_control path,url_dec -m beg {GRPC_MODEL_CONTROL_PREFIX}",
+        f"    http-request return status 200 hdr grpc-status {GRPC_PERMISSION_DENIED}"
+        f' hdr grpc-message "{MODEL_CONTROL_DENIED_MESSAGE}" if model_control',
+        f"    default_backend {GRPC_BACKEND}",
+        "",
+        f"frontend {HTTP_FRONTEND}",
+        f"    bind {http_addr}",
+        # Triton matches paths exactly and case-sensitively; decoding and
+        # lower-casing here only makes the deny broader, never narrower.
+        f"    acl model_control path,url_dec,lower -m beg {HTTP_MODEL_CONTROL_PREFIX}",
+        # A JSON body in Triton's own error shape, so tritonclient.http reports
+        # the reason instead of a JSON parse error on HAProxy's HTML page.
+        "    http-request return status 403 content-type application/json"
+        f' string \'{{"error":"{MODEL_CONTROL_DENIED_MESSAGE}"}}\' if model_control',
+        f"    default_backend {HTTP_BACKEND}",
+        "",
+        f"backend {GRPC_BACKEND}",
+        "    balance roundrobin",
+        f"    option httpchk GET {HEALTH_PATH}",
+        "    http-check expect status 200",
+        # Triton puts grpc-status in the response headers only for a failed call
+        # (Trailers-Only); a success carries it in trailers. Tracking increments
+        # http_req_cnt of the entry keyed by the server that answered.
+        f"    http-response track-sc0 srv_name table {GRPC_ERROR_TABLE}"
+        " if { res.hdr(grpc-status) -m found } !{ res.hdr(grpc-status) -m str 0 }",
+    ]
+    lines += [_grpc_server_line(p) for p in cfg.pools]
+    lines += [
+        "",
+        f"backend {HTTP_BACKEND}",
+        "    balance roundrobin",
+        f"    option httpchk GET {HEALTH_PATH}",
+        "    http-check expect status 200",
+    ]
+    lines += [_http_server_line(p) for p in cfg.pools]
+    lines += [
+        "",
+        f"backend {GRPC_ERROR_TABLE}",
+        # No expire: counters live as long as the process, so readers diff them.
+        f"    stick-table type string len {_TABLE_KEY_LEN} size 1k store http_req_cnt",
+    ]
+    if cfg.stats_bind is not None:
+        lines += [
+            "",
+            f"frontend {STATS_FRONTEND}",
+            f"    bind {format_address(*cfg.stats_bind)}",
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+            "    stats enable",
+            "    stats uri /stats",
+            "    stats refresh 5s",
+        ]
+    return "\n".join(lines) + "\n"

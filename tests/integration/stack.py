@@ -1,0 +1,119 @@
+"""Run ``controlplane up`` as a real process for end-to-end tests.
+
+The stack is the product's own command with free ports and a temporary state
+directory; tests talk to it the way users do (REST API, CLI, tritonclient
+through the proxy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from controlplane.runtime.ports import free_ports
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTROLPLANE = Path(sys.executable).parent / "controlplane"
+
+
+@dataclass
+class Stack:
+    """A running ``controlplane up``."""
+
+    state_dir: Path
+    api_port: int
+    grpc_port: int
+    http_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api, timeout=120)
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the ``controlplane`` CLI against this stack."""
+        env = {**os.environ, "CONTROLPLANE_API_URL": self.api}
+        return subprocess.run(
+            [str(CONTROLPLANE), *args], env=env, capture_output=True, text=True, timeout=300, check=check
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def push(self, folder: Path, model: str, **params: str) -> httpx.Response:
+        """Pack ``folder`` and push it through the API."""
+        archive = self.state_dir.parent / f"{model}-{time.monotonic_ns()}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+        with self.client() as client:
+            return client.post(
+                f"/v1/models/{model}/versions",
+                content=archive.read_bytes(),
+                params=params,
+                headers={"content-type": "application/gzip"},
+            )
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as a service manager would; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def start_stack(state_dir: Path, *, database_url: str | None = None, timeout: float = 90) -> Stack:
+    """Start ``controlplane up`` and wait until ``/readyz`` answers 200."""
+    api_port, grpc_port, http_port = free_ports(3)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir.parent / f"{state_dir.name}-up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    if database_url:
+        env["CONTROLPLANE_DATABASE_URL"] = database_url
+    argv = [
+        str(CONTROLPLANE),
+        "up",
+        "--state-dir",
+        str(state_dir),
+        "--api-port",
+        str(api_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    stack = Stack(state_dir, api_port, grpc_port, http_port, process, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"controlplane up exited with {process.returncode}:\n{stack.log()}")
+        with contextlib.suppress(httpx.HTTPError), httpx.Client(timeout=2) as client:
+            if client.get(f"{stack.api}/readyz").status_code == 200:
+                return stack
+        if time.monotonic() > deadline:
+            stack.stop()
+            raise RuntimeError(f"controlplane up not ready after {timeout} s:\n{stack.log()}")
+        time.sleep(0.2)

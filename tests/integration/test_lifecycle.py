@@ -1,0 +1,111 @@
+"""Life of the embedded stack: clean stop, restart with state, supervision of a crashed Triton."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from stack import Stack, start_stack
+from triton_helpers import load_examples_module
+
+pytestmark = pytest.mark.integration
+
+examples = load_examples_module()
+DATA = np.ones((1, 16), dtype=np.float32)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def _shm_prefix(stack: Stack) -> str:
+    argv = (stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text()
+    cmdline = Path(f"/proc/{argv.strip()}/cmdline").read_bytes().split(b"\0")
+    option = next(a for a in cmdline if a.startswith(b"--backend-config=python,shm-region-prefix-name="))
+    return option.split(b"=", 2)[2].decode()
+
+
+def _infer(stack: Stack) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(stack.grpc_url)
+    tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    tensor.set_data_from_numpy(DATA)
+    try:
+        return client.infer("mlp", [tensor]).as_numpy("OUTPUT0")
+    finally:
+        client.close()
+
+
+def _wait_healthy(stack: Stack, model: str, timeout: float) -> float:
+    start = time.monotonic()
+    with stack.client() as client:
+        while client.get("/healthz", params={"model": model}).status_code != 200:
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"{model} not healthy after {timeout} s:\n{stack.log()[-3000:]}")
+            time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_stop_leaves_nothing_running_and_restart_serves_the_deployed_version_again(tmp_path: Path) -> None:
+    folder = examples.build_mlp(tmp_path / "examples", seed=5)
+    want = examples.reference_outputs(folder, {"INPUT0": DATA})["OUTPUT0"]
+    state = tmp_path / "state"
+
+    stack = start_stack(state)
+    try:
+        assert stack.push(folder, "mlp").status_code == 201
+        with stack.client() as client:
+            assert client.post("/v1/models/mlp/versions/1/deploy").status_code == 200
+        np.testing.assert_allclose(_infer(stack), want, rtol=1e-5)
+        prefix = _shm_prefix(stack)
+        assert list(Path("/dev/shm").glob(f"{prefix}*")), "a loaded Python-backend model uses shm regions"
+    finally:
+        code = stack.stop()
+    assert code == 0, stack.log()
+    assert "stopped" in stack.log()
+    assert _processes_mentioning(str(state)) == []
+    assert _processes_mentioning(prefix) == []
+    assert list(Path("/dev/shm").glob(f"{prefix}*")) == []
+
+    again = start_stack(state)
+    try:
+        np.testing.assert_allclose(_infer(again), want, rtol=1e-5)
+        with again.client() as client:
+            assert client.get("/v1/models/mlp").json()["deployments"][0]["version"] == 1
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_killed_triton_is_restarted_its_stubs_cleaned_and_its_models_reloaded(tmp_path: Path) -> None:
+    folder = examples.build_mlp(tmp_path / "examples", seed=6)
+    stack = start_stack(tmp_path / "state")
+    try:
+        assert stack.push(folder, "mlp").status_code == 201
+        with stack.client() as client:
+            assert client.post("/v1/models/mlp/versions/1/deploy").status_code == 200
+        prefix = _shm_prefix(stack)
+        pid = int((stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        recovered = _wait_healthy(stack, "mlp", timeout=60)
+        assert _infer(stack).shape == (1, 4)
+        stubs = [p for p in _processes_mentioning(prefix) if "triton_python_backend_stub" in p]
+        assert len(stubs) == 1, stubs  # the reloaded model's stub only: the orphan was killed
+        with stack.client() as client:
+            assert client.get("/readyz").status_code == 200
+        print(f"Triton killed with -9: model READY again after {recovered:.1f} s")
+    finally:
+        assert stack.stop() == 0

@@ -1,0 +1,119 @@
+"""tritonserver argv and environment (pure checks, no server started)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from controlplane.triton.backend_dir import pytriton_layout, tritonserver_binary
+from controlplane.triton.server_command import (
+    tritonserver_argv,
+    tritonserver_command,
+    tritonserver_env,
+    validate_shm_prefix,
+)
+
+
+def _argv(**overrides: object) -> list[str]:
+    kwargs: dict[str, object] = {
+        "binary": Path("/opt/triton/bin/tritonserver"),
+        "model_repository": Path("/models"),
+        "backend_directory": Path("/backends"),
+        "http_port": 8000,
+        "grpc_port": 8001,
+        "metrics_port": 8002,
+        "shm_prefix": "cp_blue_",
+    }
+    kwargs.update(overrides)
+    return tritonserver_argv(**kwargs)  # type: ignore[arg-type]
+
+
+def test_argv_has_the_required_options() -> None:
+    argv = _argv(exit_timeout_secs=7)
+    assert argv[0] == "/opt/triton/bin/tritonserver"
+    assert "--model-repository=/models" in argv
+    assert "--backend-directory=/backends" in argv
+    assert "--model-control-mode=explicit" in argv
+    assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(argv)
+    assert "--backend-config=python,shm-region-prefix-name=cp_blue_" in argv
+    assert "--exit-timeout-secs=7" in argv
+    assert "--strict-readiness=false" in argv
+    assert "--metrics-config=summary_latencies=true" in argv
+    assert "--metrics-config=summary_quantiles=0.5:0.05,0.9:0.01,0.99:0.001" in argv
+
+
+def test_default_exit_timeout_is_short() -> None:
+    assert "--exit-timeout-secs=5" in _argv()
+
+
+def test_extra_args_come_last() -> None:
+    argv = _argv(extra_args=["--log-verbose=1", "--allow-gpu-metrics=false"])
+    assert argv[-2:] == ["--log-verbose=1", "--allow-gpu-metrics=false"]
+
+
+@pytest.mark.parametrize("prefix", ["", "a,b", "a/b", "a b", ".hidden", "x" * 65])
+def test_unsafe_shm_prefix_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError):
+        validate_shm_prefix(prefix)
+    with pytest.raises(ValueError):
+        _argv(shm_prefix=prefix)
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536])
+def test_bad_port_is_refused(port: int) -> None:
+    with pytest.raises(ValueError):
+        _argv(grpc_port=port)
+
+
+def test_env_puts_libs_and_venv_bin_first() -> None:
+    base = {
+        "PATH": "/usr/bin:/venv/bin:/bin",
+        "LD_LIBRARY_PATH": "/usr/local/lib",
+        "PYTHONHOME": "/somewhere",
+        "KEEP": "me",
+    }
+    env = tritonserver_env(
+        base_env=base, libs_dir=Path("/wheel/libs"), venv=Path("/venv"), bin_dir=Path("/venv/bin")
+    )
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep) == ["/wheel/libs", "/usr/local/lib"]
+    # Moved to the front, not duplicated.
+    assert env["PATH"].split(os.pathsep) == ["/venv/bin", "/usr/bin", "/bin"]
+    assert env["VIRTUAL_ENV"] == "/venv"
+    assert "PYTHONHOME" not in env
+    assert env["KEEP"] == "me"
+    assert "PYTHONHOME" in base, "the base mapping must not be modified"
+
+
+def test_env_without_venv_or_existing_variables() -> None:
+    env = tritonserver_env(base_env={}, libs_dir=Path("/l"), venv=None, bin_dir=Path("/usr/bin"))
+    assert env["LD_LIBRARY_PATH"] == "/l"
+    assert env["PATH"] == "/usr/bin"
+    assert "VIRTUAL_ENV" not in env
+
+
+def test_command_uses_the_wheel_and_this_interpreter(tmp_path: Path) -> None:
+    argv, env = tritonserver_command(
+        model_repository=tmp_path / "repo",
+        backend_directory=tmp_path / "backends",
+        http_port=1,
+        grpc_port=2,
+        metrics_port=3,
+        shm_prefix="cp_",
+    )
+    assert Path(argv[0]) == tritonserver_binary()
+    assert f"--model-repository={tmp_path / 'repo'}" in argv
+    libs_dir = pytriton_layout().libs_dir
+    assert libs_dir.is_dir()
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == str(libs_dir)
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.prefix) / "bin")
+    if sys.prefix != sys.base_prefix:
+        assert env["VIRTUAL_ENV"] == sys.prefix
+
+
+def test_binary_is_executable() -> None:
+    binary = tritonserver_binary()
+    assert binary.is_file()
+    assert os.access(binary, os.X_OK)
