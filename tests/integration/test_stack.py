@@ -266,9 +266,11 @@ def test_readyz_metrics_and_openapi_are_served(stack: Stack) -> None:
         ready = client.get("/readyz").json()
         metrics = client.get("/metrics").text
         openapi = client.get("/openapi.json").json()
+        docs = client.get("/docs")
     assert ready["status"] == "ok" and ready["checks"]["triton:blue"] == "ok"
     assert 'controlplane_deploys_total{outcome="serving"}' in metrics
     assert "/v1/models/{model}/versions/{version}/deploy" in openapi["paths"]
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
 def _tar_gz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
