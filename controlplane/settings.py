@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65000, description="First port of the pools' own Triton ports; 0 picks free ones."
     )
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0)
+    max_unpacked_bytes: int = Field(default=16 * 1024**3, gt=0, description="Sum of an archive's files.")
     max_file_bytes: int = Field(default=4 * 1024**3, gt=0)
     max_archive_members: int = Field(default=10_000, gt=0)
     load_timeout_seconds: float = Field(default=120.0, gt=0)

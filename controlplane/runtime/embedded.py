@@ -41,7 +41,7 @@ def build_control_plane(settings: Settings, db: Database, stack: LocalStack) -> 
         pools=pools,
         default_pool=settings.pool_name,
         limits=ArchiveLimits(
-            max_total_bytes=settings.max_upload_bytes * 4,
+            max_total_bytes=settings.max_unpacked_bytes,
             max_file_bytes=settings.max_file_bytes,
             max_members=settings.max_archive_members,
         ),

@@ -83,14 +83,21 @@ class Stack:
             raise
 
 
-def start_stack(state_dir: Path, *, database_url: str | None = None, timeout: float = 90) -> Stack:
+def start_stack(
+    state_dir: Path,
+    *,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+) -> Stack:
     """Start ``controlplane up`` and wait until ``/readyz`` answers 200."""
     api_port, grpc_port, http_port = free_ports(3)
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.parent / f"{state_dir.name}-up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    environment.update(env or {})
     if database_url:
-        env["CONTROLPLANE_DATABASE_URL"] = database_url
+        environment["CONTROLPLANE_DATABASE_URL"] = database_url
     argv = [
         str(CONTROLPLANE),
         "up",
@@ -104,7 +111,7 @@ def start_stack(state_dir: Path, *, database_url: str | None = None, timeout: fl
         str(http_port),
     ]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
     stack = Stack(state_dir, api_port, grpc_port, http_port, process, log_path)
     deadline = time.monotonic() + timeout
     while True:

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 examples = load_examples_module()
 RNG = np.random.default_rng(7)
 MLP_INPUT = RNG.standard_normal((3, 16)).astype(np.float32)
+UPLOAD_LIMIT = 8 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         with admin.connect() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     running = start_stack(
-        tmp_path_factory.mktemp(f"stack-{request.param}") / "state", database_url=database_url
+        tmp_path_factory.mktemp(f"stack-{request.param}") / "state",
+        database_url=database_url,
+        env={"CONTROLPLANE_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)},
     )
     try:
         yield running
@@ -337,6 +340,7 @@ def test_a_hostile_or_broken_archive_is_refused_and_nothing_live_changes(stack: 
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["code"] == code
     assert live_state(stack) == before
+    assert list((stack.state_dir / "uploads").iterdir()) == []
     assert not (stack.state_dir.parent / "evil.onnx").exists()
     assert not Path("/tmp/evil.onnx").exists()
 
@@ -362,3 +366,22 @@ def test_a_model_name_a_filesystem_could_misread_is_refused(stack: Stack, folder
     answer = stack.push(folders["mlp_v1"], "..hidden")
     assert answer.status_code == 422
     assert answer.json()["error"]["code"] == "invalid_model_name"
+
+
+def test_an_upload_over_the_size_limit_is_refused_with_413_and_leaves_no_file(stack: Stack) -> None:
+    before = live_state(stack)
+    oversize = b"\0" * (UPLOAD_LIMIT + 1)
+    with stack.client() as client:
+        declared = client.post(
+            "/v1/models/mlp/versions", content=oversize, headers={"content-type": "application/gzip"}
+        )
+        streamed = client.post(
+            "/v1/models/mlp/versions",
+            content=iter([oversize[: UPLOAD_LIMIT // 2], oversize[UPLOAD_LIMIT // 2 :]]),
+            headers={"content-type": "application/gzip"},
+        )
+    for answer in (declared, streamed):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"]["code"] == "payload_too_large"
+    assert list((stack.state_dir / "uploads").iterdir()) == []
+    assert live_state(stack) == before
