@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from stack import Stack, start_stack
+from stack import CONTROLPLANE, Stack, start_stack
 from triton_helpers import load_examples_module
 
 pytestmark = pytest.mark.integration
@@ -109,3 +110,25 @@ def test_a_killed_triton_is_restarted_its_stubs_cleaned_and_its_models_reloaded(
         print(f"Triton killed with -9: model READY again after {recovered:.1f} s")
     finally:
         assert stack.stop() == 0
+
+
+def test_up_refuses_a_stale_schema_until_db_upgrade_has_run(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")},
+        "CONTROLPLANE_STATE_DIR": str(tmp_path / "state"),
+        "CONTROLPLANE_AUTO_MIGRATE": "false",
+    }
+    refused = subprocess.run([str(CONTROLPLANE), "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: database schema is at nothing, this code needs 0001: "
+        "run `controlplane db upgrade` (stale_schema)"
+    )
+    assert _processes_mentioning(str(tmp_path / "state")) == []
+
+    stale = subprocess.run([str(CONTROLPLANE), "db", "current"], env=env, capture_output=True, text=True)
+    assert stale.returncode == 1 and stale.stdout.strip() == "empty (code needs 0001)"
+    upgraded = subprocess.run([str(CONTROLPLANE), "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert upgraded.returncode == 0 and upgraded.stdout.strip() == "database at revision 0001"
+    current = subprocess.run([str(CONTROLPLANE), "db", "current"], env=env, capture_output=True, text=True)
+    assert current.returncode == 0 and current.stdout.strip() == "0001 (code needs 0001)"
