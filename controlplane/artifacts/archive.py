@@ -241,8 +241,7 @@ def _check_name(raw: str, *, is_dir: bool, limits: ArchiveLimits) -> tuple[str, 
         if len(part.encode("utf-8", "surrogateescape")) > limits.max_name_length:
             raise _reject(
                 "name_too_long",
-                f"archive member {raw!r} has a path component longer than "
-                f"{limits.max_name_length} bytes",
+                f"archive member {raw!r} has a path component longer than {limits.max_name_length} bytes",
                 raw,
             )
     kept = tuple(p for p in parts if p != ".")
@@ -675,9 +674,7 @@ def _materialise(
     return tmp
 
 
-def extract_archive(
-    archive_path: Path, dest_parent: Path, limits: ArchiveLimits = ArchiveLimits()
-) -> Path:
+def extract_archive(archive_path: Path, dest_parent: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
     """Check every member of ``archive_path``, then extract it into a new directory.
 
     Returns a fresh directory inside ``dest_parent`` (mode 0o755, files 0o644,
@@ -778,9 +775,7 @@ def _collect(src: Path) -> list[_Entry]:
             elif child.is_file(follow_symlinks=False):
                 entries.append(_Entry(rel, Path(child.path), False))
             else:
-                raise InvalidInput(
-                    f"{rel!r} in {src} is not a regular file or folder", details={"path": rel}
-                )
+                raise InvalidInput(f"{rel!r} in {src} is not a regular file or folder", details={"path": rel})
 
     walk(src, "")
     return entries

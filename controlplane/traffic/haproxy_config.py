@@ -17,8 +17,10 @@ Invariants the rendered text keeps (unit tests assert each one):
   under ``/v2/repository`` get a 403 and the gRPC ``Repository*`` methods get a
   gRPC ``PERMISSION_DENIED``. Only the control plane, talking to Triton
   directly, loads and unloads models.
-* Health is judged by ``GET /v2/health/ready`` on the pool's HTTP port for both
-  backends, so a pool that is alive but not ready takes no traffic.
+* Health is judged by ``GET /v2/health/ready`` (or ``/live``, see
+  ``ProxyConfig.health_path``) on the pool's HTTP port for both backends, so a
+  pool that is alive but not ready takes no traffic. Triton is "not ready"
+  while it loads or unloads any model: a pool changing its models is DOWN.
 * Client-visible gRPC errors are counted per server name in the stick table
   ``grpc_errors`` (Triton sends a failed call as a Trailers-Only response, so
   ``grpc-status`` shows up in the response headers only when a call failed).
@@ -30,6 +32,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 GRPC_FRONTEND = "grpc_in"
 HTTP_FRONTEND = "http_in"
@@ -39,7 +42,8 @@ HTTP_BACKEND = "triton_http"
 GRPC_ERROR_TABLE = "grpc_errors"
 POOL_BACKENDS: tuple[str, str] = (GRPC_BACKEND, HTTP_BACKEND)
 
-HEALTH_PATH = "/v2/health/ready"
+HEALTH_READY = "/v2/health/ready"
+HEALTH_LIVE = "/v2/health/live"
 HTTP_MODEL_CONTROL_PREFIX = "/v2/repository"
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_MODEL_CONTROL_METHODS: tuple[str, ...] = (
@@ -92,7 +96,7 @@ def validate_port(value: object, what: str = "port") -> int:
 
 
 def validate_weight(value: object) -> int:
-    """Return ``value`` if it is an int in 0..256 (HAProxy's weight range), else raise ValueError."""
+    """Return ``value`` if it is an int in 0..256 (HAProxy's range), else raise ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
         raise ValueError(f"weight must be an integer in 0..{MAX_WEIGHT}, got {value!r}")
     return value
@@ -166,6 +170,17 @@ class ProxyConfig:
     pools: tuple[PoolEndpoint, ...]
     pid_file: Path | None = None
     stats_bind: tuple[str, int] | None = None
+    health_path: Literal["/v2/health/ready", "/v2/health/live"] = HEALTH_READY
+    """What the health checks ask each pool's HTTP port.
+
+    ``/v2/health/ready`` (the default) also answers 400 while that Triton loads
+    or unloads *any* model (measured: ~1.4 s for a Python-backend load, ~1.1 s
+    for an unload), so HAProxy marks the whole pool DOWN for that long plus
+    ``rise`` checks. Fine when models change only on a pool at weight 0 and
+    the rollout waits for the pool to be UP again before giving it weight;
+    ``/v2/health/live`` only catches dead servers, leaving model readiness to
+    the control plane's weights.
+    """
 
     def __post_init__(self) -> None:
         _validate_bind(self.grpc_bind, "grpc_bind")
@@ -179,6 +194,8 @@ class ProxyConfig:
         _validate_path(self.admin_socket, "admin_socket", unix_socket=True)
         if self.pid_file is not None:
             _validate_path(self.pid_file, "pid_file")
+        if self.health_path not in (HEALTH_READY, HEALTH_LIVE):
+            raise ValueError(f"health_path must be {HEALTH_READY} or {HEALTH_LIVE}, got {self.health_path!r}")
         if isinstance(self.pools, list):
             # Accept a list for convenience but keep the dataclass hashable and immutable.
             object.__setattr__(self, "pools", tuple(self.pools))
@@ -269,7 +286,7 @@ def render_config(cfg: ProxyConfig) -> str:
         "",
         f"backend {GRPC_BACKEND}",
         "    balance roundrobin",
-        f"    option httpchk GET {HEALTH_PATH}",
+        f"    option httpchk GET {cfg.health_path}",
         "    http-check expect status 200",
         # Triton puts grpc-status in the response headers only for a failed call
         # (Trailers-Only); a success carries it in trailers. Tracking increments
@@ -282,7 +299,7 @@ def render_config(cfg: ProxyConfig) -> str:
         "",
         f"backend {HTTP_BACKEND}",
         "    balance roundrobin",
-        f"    option httpchk GET {HEALTH_PATH}",
+        f"    option httpchk GET {cfg.health_path}",
         "    http-check expect status 200",
     ]
     lines += [_http_server_line(p) for p in cfg.pools]

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from types import ModuleType
 
 import tritonclient.grpc as grpcclient
 
+from controlplane.runtime.ports import free_ports
 from controlplane.triton.backend_dir import PYTHON_BACKEND_STUB, build_backend_directory
 from controlplane.triton.server_command import tritonserver_command
 
@@ -43,24 +43,6 @@ def load_examples_module() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct ports the kernel considers free right now.
-
-    All sockets stay open until every port is chosen so the kernel cannot hand
-    out the same port twice; a small race with other processes remains.
-    """
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def unique_shm_prefix(tag: str = "cptest") -> str:

@@ -164,7 +164,6 @@ def test_archive_limits_refuse_non_positive_values() -> None:
         ArchiveLimits(max_members=0)
 
 
-
 @pytest.mark.parametrize(
     ("suffix", "mode", "expected"),
     [
@@ -262,9 +261,7 @@ def test_extracted_files_are_0644_and_folders_0755_whatever_the_archive_says(
     assert stat.S_IMODE(extracted.stat().st_mode) == 0o755
 
 
-def test_a_small_highly_compressible_archive_is_not_mistaken_for_a_bomb(
-    tmp_path: Path, dest: Path
-) -> None:
+def test_a_small_highly_compressible_archive_is_not_mistaken_for_a_bomb(tmp_path: Path, dest: Path) -> None:
     # 512 KiB of zeros compresses ~1000:1, but stays under the ratio grace size.
     entries = [tar_file("config.pbtxt"), tar_file("1/zeros.bin", bytes(512 * 1024))]
     extracted = extract_archive(write_tar(tmp_path / "z.tgz", entries), dest)
@@ -291,9 +288,7 @@ HOSTILE_NAMES = [
 
 
 @pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
-@pytest.mark.parametrize(
-    ("name", "reason"), HOSTILE_NAMES, ids=[f"{r}:{n[:20]!r}" for n, r in HOSTILE_NAMES]
-)
+@pytest.mark.parametrize(("name", "reason"), HOSTILE_NAMES, ids=[f"{r}:{n[:20]!r}" for n, r in HOSTILE_NAMES])
 def test_member_names_that_could_escape_or_confuse_are_refused(
     tmp_path: Path, dest: Path, fmt: str, name: str, reason: str
 ) -> None:
@@ -325,9 +320,7 @@ def test_nul_in_a_tar_pax_path_is_refused(tmp_path: Path, dest: Path) -> None:
     assert_rejected(write_tar(tmp_path / "a.tgz", [(info, data)]), dest, "control_character")
 
 
-def test_nul_in_a_zip_name_is_refused_although_zipinfo_truncates_it(
-    tmp_path: Path, dest: Path
-) -> None:
+def test_nul_in_a_zip_name_is_refused_although_zipinfo_truncates_it(tmp_path: Path, dest: Path) -> None:
     path = write_zip(tmp_path / "a.zip", [zip_file("config.pbtxtQevil")])
     # zipfile cannot write a NUL in a name: patch local and central headers alike.
     path.write_bytes(path.read_bytes().replace(b"config.pbtxtQevil", b"config.pbtxt\x00evil"))
@@ -335,9 +328,7 @@ def test_nul_in_a_zip_name_is_refused_although_zipinfo_truncates_it(
     assert_rejected(path, dest, "control_character")
 
 
-def test_zip_dot_dot_name_is_refused_where_zipfile_would_rewrite_it(
-    tmp_path: Path, dest: Path
-) -> None:
+def test_zip_dot_dot_name_is_refused_where_zipfile_would_rewrite_it(tmp_path: Path, dest: Path) -> None:
     path = write_zip(tmp_path / "a.zip", [zip_file("../../evil.py", b"import os")])
     assert zipfile.ZipFile(path).infolist()[0].filename == "../../evil.py"
     assert_rejected(path, dest, "path_traversal")
@@ -393,9 +384,7 @@ def test_zip_encrypted_member_is_refused(tmp_path: Path, dest: Path) -> None:
     assert_rejected(path, dest, "encrypted")
 
 
-def test_cve_2025_4517_long_path_symlink_chain_is_refused_as_a_symlink(
-    tmp_path: Path, dest: Path
-) -> None:
+def test_cve_2025_4517_long_path_symlink_chain_is_refused_as_a_symlink(tmp_path: Path, dest: Path) -> None:
     # The published PoC: 247-char folders, each shadowed by a one-letter
     # symlink, so a path through the links exceeds PATH_MAX when resolved and
     # the data filter's realpath check gives up; "escape" then points outside.
@@ -521,9 +510,7 @@ def test_tar_header_declaring_a_huge_size_is_refused_before_reading_its_body(
     assert_rejected(path, dest, "file_too_large")
 
 
-def test_oversized_pax_header_is_refused_without_reading_it_into_memory(
-    tmp_path: Path, dest: Path
-) -> None:
+def test_oversized_pax_header_is_refused_without_reading_it_into_memory(tmp_path: Path, dest: Path) -> None:
     info, data = tar_file("config.pbtxt")
     info.pax_headers = {"comment": "x" * (2 * 1024 * 1024)}
     assert_rejected(write_tar(tmp_path / "pax.tgz", [(info, data)]), dest, "header_too_large")
@@ -701,9 +688,7 @@ def test_find_model_root_keeps_macos_junk_inside_the_model_folder(tmp_path: Path
 
 
 @pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
-def test_pack_directory_round_trips_through_extract_archive(
-    tmp_path: Path, dest: Path, fmt: str
-) -> None:
+def test_pack_directory_round_trips_through_extract_archive(tmp_path: Path, dest: Path, fmt: str) -> None:
     src = write_model(tmp_path / "mlp")
     (src / "2").mkdir()  # an empty version folder survives too
     packed = pack_directory(src, tmp_path / f"mlp.{fmt}", fmt)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ green put in maintenance on the HTTP backend with weight 7 on the gRPC one.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -28,6 +29,7 @@ from controlplane.traffic.haproxy import (
     HAProxyRuntime,
     PoolEndpoint,
     ProxyConfig,
+    describe_exit,
     haproxy_command,
     parse_servers_state,
     parse_stat_csv,
@@ -211,6 +213,13 @@ def test_optional_pidfile_and_stats_frontend() -> None:
     assert "frontend stats" not in render_config(_cfg())
 
 
+def test_health_path_can_be_liveness_instead_of_readiness() -> None:
+    text = render_config(_cfg(health_path="/v2/health/live"))
+    for backend in (GRPC_BACKEND, HTTP_BACKEND):
+        assert "option httpchk GET /v2/health/live" in _section(text, f"backend {backend}")
+    assert "/v2/health/ready" not in text
+
+
 def test_ipv6_literals_are_bracketed() -> None:
     pools = (PoolEndpoint(name="blue", host="::1", grpc_port=8001, http_port=8000, weight=1),)
     text = render_config(_cfg(grpc_bind=("::1", 7001), pools=pools))
@@ -274,6 +283,7 @@ def test_pool_endpoint_accepts_boundaries() -> None:
         {"admin_socket": Path("/run/c p/haproxy.sock")},
         {"admin_socket": Path("/" + "s" * 120)},
         {"pid_file": Path("/run/#x.pid")},
+        {"health_path": "/v2/repository/index"},
     ],
 )
 def test_proxy_config_rejects_invalid_fields(overrides: dict[str, object]) -> None:
@@ -487,7 +497,9 @@ def test_command_refuses_chained_commands(fake: Callable[..., FakeAdminSocket]) 
     assert server.commands == []
 
 
-def test_invalid_arguments_are_rejected_before_sending(fake: Callable[..., FakeAdminSocket]) -> None:
+def test_invalid_arguments_are_rejected_before_sending(
+    fake: Callable[..., FakeAdminSocket],
+) -> None:
     server = fake(lambda cmd: "\n")
     runtime = HAProxyRuntime(server.path)
     with pytest.raises(ValueError):
@@ -580,6 +592,21 @@ def test_wait_until_idle_unknown_server(fake: Callable[..., FakeAdminSocket]) ->
         HAProxyRuntime(server.path).wait_until_idle("triton_grpc", "purple", timeout=1)
 
 
-def test_haproxy_command_runs_master_worker_in_foreground() -> None:
+def test_haproxy_command_runs_one_process_in_foreground() -> None:
     argv = haproxy_command(Path("/etc/cp/haproxy.cfg"), binary=Path("/usr/sbin/haproxy"))
-    assert argv == ["/usr/sbin/haproxy", "-W", "-db", "-f", "/etc/cp/haproxy.cfg"]
+    assert argv == ["/usr/sbin/haproxy", "-db", "-f", "/etc/cp/haproxy.cfg"]
+
+
+@pytest.mark.parametrize(
+    ("returncode", "words"),
+    [
+        (0, "gracefully"),
+        (-signal.SIGTERM, "SIGTERM"),
+        (-signal.SIGUSR1, "before it had finished starting"),
+        (-signal.SIGSEGV, "died on SIGSEGV"),
+        (1, "refused to start"),
+        (3, "status 3"),
+    ],
+)
+def test_describe_exit_explains_status(returncode: int, words: str) -> None:
+    assert words in describe_exit(returncode)
