@@ -23,9 +23,9 @@ import numpy as np
 from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.models import VersionMetadata
 from controlplane.registry.db import Database
-from controlplane.runtime.embedded import build_control_plane
 from controlplane.runtime.local import LocalStack
 from controlplane.runtime.ports import free_ports
+from controlplane.runtime.wiring import build_services, ensure_pool_rows
 from controlplane.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,8 @@ def main() -> None:
         stack = LocalStack(settings.state_dir, host="127.0.0.1", grpc_port=grpc_port, http_port=http_port)
         try:
             stack.start()
-            cp = build_control_plane(settings, db, stack)
+            ensure_pool_rows(db, ("blue",))
+            cp = build_services(settings, db, stack).cp
             archive = pack_directory(REPO / "model_repository" / "mlp", Path(tmp) / "mlp.tar.gz")
             version, _ = cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
             cp.deploy("mlp", version.number)

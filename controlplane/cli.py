@@ -209,6 +209,165 @@ def show(
     _print_json(_request("GET", api, f"/v1/models/{model}/versions/{version}"))
 
 
+# -- rollouts ------------------------------------------------------------------------------
+
+rollout_app = typer.Typer(
+    help="Move traffic to a version across the pools, step by step.", no_args_is_help=True
+)
+app.add_typer(rollout_app, name="rollout")
+WatchFlag = Annotated[bool, typer.Option("--watch/--no-watch", help="Follow the rollout until it ends.")]
+
+
+def _describe(r: dict[str, Any]) -> str:
+    weights = r.get("live_weights") or {}
+    shown = " / ".join(f"{pool} {weight}" for pool, weight in sorted(weights.items()))
+    step = ""
+    if r["state"] == "shifting" and r["step_index"] is not None:
+        index, steps = r["step_index"], r["steps"]
+        step = f" step {index + 1}/{len(steps)} ({steps[index]}% to {r['target_pool']})"
+    return f"rollout {r['id']} {r['model']} v{r['version']}: {r['state']}{step}  weights {shown or '?'}"
+
+
+def _measurement_line(event: dict[str, Any]) -> str | None:
+    m = event.get("measurements") or {}
+    if "requests" not in m:
+        return None
+    p99 = m.get("p99_ms")
+    latency = f", p99 {p99:.1f} ms" if isinstance(p99, int | float) else ""
+    verdict = "passed" if m.get("passed") else "BREACH"
+    counts = f"{m.get('errors', 0)} errors of {m['requests']} requests"
+    return f"  analysis {verdict}: {counts}{latency} ({event['reason']})"
+
+
+def _follow(api: str, rollout_id: int, *, interval: float = 0.5) -> dict[str, Any]:
+    """Print each change of the rollout until it ends; return its last state."""
+    import time
+
+    seen_events = 0
+    last_line = ""
+    while True:
+        r = _request("GET", api, f"/v1/rollouts/{rollout_id}")
+        for event in r["events"][seen_events:]:
+            line = _measurement_line(event)
+            if line:
+                typer.echo(line)
+        seen_events = len(r["events"])
+        line = _describe(r)
+        if line != last_line:
+            typer.echo(line)
+            last_line = line
+        if not r["active"]:
+            typer.echo(f"rollout {rollout_id} {r['state']}: {r['reason']}")
+            return r
+        time.sleep(interval)
+
+
+def _finish(api: str, result: dict[str, Any], watch: bool, as_json: bool) -> None:
+    if watch:
+        result = _follow(api, result["id"])
+    if as_json:
+        _print_json(result)
+    elif not watch:
+        typer.echo(_describe(result))
+    if watch and result["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to move traffic to.")],
+    strategy: Annotated[str, typer.Option(help="canary, bluegreen or inplace.")] = "canary",
+    steps: Annotated[str | None, typer.Option(help="Percentages, e.g. 10,50,100.")] = None,
+    step_seconds: Annotated[float, typer.Option(help="Analysis window per step.")] = 30.0,
+    bake_seconds: Annotated[float, typer.Option(help="How long the old pool stays warm.")] = 60.0,
+    max_error_rate: Annotated[float | None, typer.Option(help="Gate: fraction of failed requests.")] = None,
+    max_p99_ms: Annotated[float | None, typer.Option(help="Gate: p99 latency in ms.")] = None,
+    min_requests: Annotated[int, typer.Option(help="Requests an error-rate verdict needs.")] = 20,
+    watch: WatchFlag = True,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start a rollout and follow it: exit 0 when it succeeded, 1 when it was rolled back or failed."""
+    try:
+        parsed_steps = [int(x) for x in steps.split(",")] if steps else None
+    except ValueError:
+        fail(f"--steps must be comma-separated integers, got {steps!r}")
+    body = {
+        "model": model,
+        "version": version,
+        "strategy": strategy,
+        "steps": parsed_steps,
+        "step_seconds": step_seconds,
+        "bake_seconds": bake_seconds,
+        "gates": {"max_error_rate": max_error_rate, "max_p99_ms": max_p99_ms, "min_requests": min_requests},
+    }
+    _finish(api, _request("POST", api, "/v1/rollouts", json=body), watch, as_json)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+    watch: Annotated[bool, typer.Option("--watch/--no-watch")] = False,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a rollout (and follow it with --watch)."""
+    _finish(api, _request("GET", api, f"/v1/rollouts/{rollout_id}"), watch, as_json)
+
+
+@rollout_app.command("list")
+def rollout_list(api: ApiUrl = DEFAULT_API, as_json: JsonFlag = False) -> None:
+    """Recent rollouts, newest first."""
+    result = _request("GET", api, "/v1/rollouts")
+    if as_json:
+        _print_json(result)
+        return
+    if not result:
+        typer.echo("no rollouts")
+    for r in result:
+        typer.echo(
+            f"{r['id']:>4}  {r['model']} v{r['version']:<4} {r['strategy']:<9} {r['state']:<12} {r['reason']}"
+        )
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+    watch: WatchFlag = True,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Roll a running rollout back: traffic returns to the source pool."""
+    result = _request("POST", api, f"/v1/rollouts/{rollout_id}/abort")
+    if watch:
+        result = _follow(api, rollout_id)
+    if as_json:
+        _print_json(result)
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+    watch: WatchFlag = True,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Skip the remaining steps of a running rollout."""
+    _finish(api, _request("POST", api, f"/v1/rollouts/{rollout_id}/promote"), watch, as_json)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    watch: WatchFlag = True,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Return a model to its previous production version."""
+    _finish(api, _request("POST", api, f"/v1/models/{model}/rollback"), watch, as_json)
+
+
 # -- database ------------------------------------------------------------------------------
 
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.artifacts.archive import ArchiveLimits
@@ -47,22 +46,11 @@ from controlplane.errors import (
     TritonUnavailable,
 )
 from controlplane.metrics import DEPLOY_SECONDS, DEPLOYS, PUSHES
-from controlplane.registry import store
+from controlplane.pools import Pool, install
+from controlplane.registry import rollout_store, store
 from controlplane.registry.db import Database
-from controlplane.staging.repository import PoolRepository
-from controlplane.triton.client import TritonClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pool:
-    """A Triton server (or, later, replicas) with its model repository."""
-
-    name: str
-    repository: PoolRepository
-    triton: TritonClient
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True)
@@ -156,7 +144,11 @@ class ControlPlane:
     # deploy -------------------------------------------------------------------
 
     def _pool(self, name: str | None) -> Pool:
-        pool_name = name or self.default_pool
+        pool_name = name
+        if pool_name is None:
+            with self.db.transaction() as session:
+                weights = rollout_store.pool_weights(session)
+            pool_name = rollout_store.live_pool_of(weights) if weights else self.default_pool
         try:
             return self.pools[pool_name]
         except KeyError:
@@ -176,13 +168,27 @@ class ControlPlane:
     ) -> Deployment:
         """Make ``number`` the version of ``model`` that ``pool`` serves."""
         target = self._pool(pool)
+        with self.db.transaction() as session:
+            running = rollout_store.list_rollouts(session, active_only=True)
+        if running:
+            raise Conflict(
+                f"rollout {running[0].id} is running; deploy when it has ended",
+                code="rollout_in_progress",
+                details={"rollout": running[0].id},
+            )
         with self._exclusive(target):
             with self.db.transaction() as session:
                 version = store.get_version(session, model, number)
                 current = store.find_deployment(session, model=model, pool=target.name)
             started = time.monotonic()
             try:
-                self._install(target, version, previous=current.version if current else None)
+                install(
+                    target,
+                    version,
+                    self.blobs,
+                    previous=current.version if current else None,
+                    load_timeout=self.load_timeout,
+                )
             except (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted) as exc:
                 with self.db.transaction() as session:
                     store.set_version_state(
@@ -226,38 +232,25 @@ class ControlPlane:
             assert deployment is not None
             return deployment
 
-    def _install(self, pool: Pool, version: ModelVersion, *, previous: int | None) -> None:
-        """Stage, swap in, load, smoke-test; on failure put the previous folder back."""
-        built = pool.repository.build(version, self.blobs, verify=True)
-        old_folder = pool.repository.activate(version.model, built)
-        try:
-            pool.triton.load(version.model, version.number, timeout=self.load_timeout)
-            pool.triton.smoke_test(version.model, version.number, version.signature)
-        except (ModelLoadFailed, SmokeTestFailed, TritonUnavailable):
-            pool.repository.restore(version.model, old_folder)
-            self._restore_in_triton(pool, version.model, previous)
-            raise
-        if old_folder is not None:
-            shutil.rmtree(old_folder, ignore_errors=True)
-
-    def _restore_in_triton(self, pool: Pool, model: str, previous: int | None) -> None:
-        try:
-            if previous is None:
-                pool.triton.unload(model)
-            else:
-                pool.triton.load(model, previous, timeout=self.load_timeout)
-        except ControlPlaneError as exc:
-            # The reconciler converges later; the deploy error is what the caller needs.
-            log.warning("restoring %s on pool %s after a failed deploy: %s", model, pool.name, exc)
-
     # reconcile ----------------------------------------------------------------
 
-    def reconcile(self) -> list[str]:
-        """Make every pool's repository and Triton match the recorded deployments; return what changed."""
+    def reconcile(self, *, only: str | None = None, block: bool = False) -> list[str]:
+        """Make pools' repositories and Triton match the recorded deployments; return what changed.
+
+        A pool that another operation holds is skipped (reported as such)
+        unless ``block`` is set, in which case this waits for it.
+        """
         changes: list[str] = []
         for pool in self.pools.values():
-            with self._exclusive(pool):
+            if only is not None and pool.name != only:
+                continue
+            if not pool.lock.acquire(blocking=block):
+                changes.append(f"skipped {pool.name}: busy")
+                continue
+            try:
                 changes.extend(self._reconcile_pool(pool))
+            finally:
+                pool.lock.release()
         return changes
 
     def _reconcile_pool(self, pool: Pool) -> list[str]:

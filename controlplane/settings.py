@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     grpc_port: int = Field(default=8001, ge=1, le=65535, description="Triton gRPC through the proxy.")
     http_port: int = Field(default=8002, ge=1, le=65535, description="Triton HTTP through the proxy.")
-    pool_name: str = "blue"
+    pools: str = Field(default="blue,green", description="Comma-separated Triton pool names.")
     triton_ports_base: int = Field(
         default=0, ge=0, le=65000, description="First port of the pools' own Triton ports; 0 picks free ones."
     )

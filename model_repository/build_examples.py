@@ -180,6 +180,49 @@ def build_faulty(out_dir: Path, name: str, *, version: int = 1) -> Path:
     return _write_model(out_dir, name, version, config, garbage)
 
 
+FLAKY_MODEL_PY = b'''"""A 16-in, 4-out model that fails every request whose first input value is above 0.5."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            if (data[..., 0] > 0.5).any():
+                error = pb_utils.TritonError("flaky example model: first input value above 0.5")
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
+            out = np.repeat(data.sum(axis=-1, keepdims=True), 4, axis=-1).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", out)]))
+        return responses
+'''
+
+
+def build_flaky(out_dir: Path, name: str = "mlp", *, version: int = 1) -> Path:
+    """Write a Python-backend model with the MLP's inputs and outputs that fails some requests.
+
+    Requests whose ``INPUT0[..., 0] > 0.5`` get an error response (about 30% of
+    standard-normal inputs); zero inputs succeed, so it passes a smoke test and
+    only a canary's analysis can catch it.
+    """
+    config = mc.ModelConfig(
+        name=name,
+        backend="python",
+        max_batch_size=MAX_BATCH_SIZE,
+        input=[mc.ModelInput(name="INPUT0", data_type=mc.TYPE_FP32, dims=[16])],
+        output=[mc.ModelOutput(name="OUTPUT0", data_type=mc.TYPE_FP32, dims=[4])],
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+    )
+    model_dir = Path(out_dir) / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    _write_if_changed(model_dir / "config.pbtxt", text_format.MessageToString(config).encode())
+    _write_if_changed(model_dir / str(version) / "model.py", FLAKY_MODEL_PY)
+    return model_dir
+
+
 def _default_model_filename(model_dir: Path) -> str:
     config_path = model_dir / "config.pbtxt"
     if config_path.is_file():

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from controlplane.api import schemas
 from controlplane.api.errors import error_body, install_error_handlers
+from controlplane.api.rollouts import rollouts_router
 from controlplane.artifacts.ingest import UploadSink
 from controlplane.domain.models import VersionMetadata, validate_model_name
 from controlplane.errors import (
@@ -24,6 +25,7 @@ from controlplane.errors import (
     UnsupportedMediaType,
 )
 from controlplane.metrics import REGISTRY
+from controlplane.rollout.engine import RolloutEngine
 from controlplane.service import ControlPlane
 
 ARCHIVE_TYPES = {
@@ -62,7 +64,11 @@ def _metadata(labels: list[str], metrics: list[str], api_version: str | None) ->
 
 
 def create_app(
-    cp: ControlPlane, *, max_upload_bytes: int, readiness: ReadinessCheck | None = None
+    cp: ControlPlane,
+    *,
+    max_upload_bytes: int,
+    readiness: ReadinessCheck | None = None,
+    engine: RolloutEngine | None = None,
 ) -> FastAPI:
     """Build the API around a ControlPlane."""
     app = FastAPI(
@@ -71,6 +77,8 @@ def create_app(
         description="Model registry, safe ingest and deploys for NVIDIA Triton Inference Server.",
     )
     install_error_handlers(app)
+    if engine is not None:
+        app.include_router(rollouts_router(engine))
 
     @app.get("/v1/models", response_model=list[schemas.ModelOut], tags=["registry"])
     def list_models() -> list[schemas.ModelOut]:

@@ -10,11 +10,13 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -109,3 +111,70 @@ class AuditEventRow(Base):
     target: Mapped[str] = mapped_column(String(256))
     outcome: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class PoolRow(Base):
+    """Desired proxy weight of each pool; the reconciler makes HAProxy match it."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    weight: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class RolloutRow(Base):
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        Index(
+            "uq_rollouts_active_pool_pair",
+            "pool_pair",
+            unique=True,
+            postgresql_where=text("active"),
+            sqlite_where=text("active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    strategy: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    # True until the rollout ends; a partial unique index on (pool_pair) WHERE active
+    # makes "one rollout per pool pair at a time" a database rule, race-free.
+    active: Mapped[bool] = mapped_column(default=True)
+    pool_pair: Mapped[str] = mapped_column(String(80))
+    source_pool: Mapped[str] = mapped_column(String(32))
+    target_pool: Mapped[str] = mapped_column(String(32))
+    steps: Mapped[list[int]] = mapped_column(JSON)
+    step_seconds: Mapped[float] = mapped_column()
+    bake_seconds: Mapped[float] = mapped_column()
+    gates: Mapped[dict[str, Any]] = mapped_column(JSON)
+    step_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    requested_action: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    events: Mapped[list[RolloutEventRow]] = relationship(
+        back_populates="rollout", order_by="RolloutEventRow.id", cascade="all, delete-orphan"
+    )
+
+
+class RolloutEventRow(Base):
+    __tablename__ = "rollout_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    step_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    weights: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    measurements: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    rollout: Mapped[RolloutRow] = relationship(back_populates="events")

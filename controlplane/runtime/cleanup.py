@@ -14,24 +14,18 @@ import os
 import signal
 from pathlib import Path
 
+from controlplane.runtime.procfs import PROC, read_cmdline
+
 STUB_NAME = "triton_python_backend_stub"
 
 
-def _cmdline(pid_dir: Path) -> list[str]:
-    try:
-        raw = (pid_dir / "cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def orphaned_stubs(shm_prefix: str, proc: Path = Path("/proc")) -> list[int]:
+def orphaned_stubs(shm_prefix: str, proc: Path = PROC) -> list[int]:
     """PIDs of backend stub processes started by the server that used ``shm_prefix``."""
     pids = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        argv = _cmdline(entry)
+        argv = read_cmdline(int(entry.name), proc) or []
         if len(argv) > 2 and argv[0].endswith(STUB_NAME) and argv[2].lstrip("/").startswith(shm_prefix):
             pids.append(int(entry.name))
     return pids

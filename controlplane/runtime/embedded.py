@@ -16,37 +16,14 @@ from types import FrameType
 import uvicorn
 
 from controlplane.api.app import create_app
-from controlplane.artifacts.archive import ArchiveLimits
-from controlplane.artifacts.blobs import BlobStore
-from controlplane.errors import Conflict, ControlPlaneError
+from controlplane.errors import ControlPlaneError
 from controlplane.registry.db import Database
 from controlplane.runtime.local import LocalStack
-from controlplane.service import ControlPlane, Pool
+from controlplane.runtime.wiring import build_services, ensure_pool_rows
+from controlplane.service import ControlPlane
 from controlplane.settings import Settings
-from controlplane.triton.client import TritonClient
 
 log = logging.getLogger("controlplane")
-
-
-def build_control_plane(settings: Settings, db: Database, stack: LocalStack) -> ControlPlane:
-    """The service layer wired to the local stack's pools."""
-    pools = {
-        name: Pool(name=name, repository=p.repository, triton=TritonClient(p.grpc_url))
-        for name, p in stack.pools.items()
-    }
-    return ControlPlane(
-        db=db,
-        blobs=BlobStore(settings.artifacts_dir),
-        uploads_dir=settings.uploads_dir,
-        pools=pools,
-        default_pool=settings.pool_name,
-        limits=ArchiveLimits(
-            max_total_bytes=settings.max_unpacked_bytes,
-            max_file_bytes=settings.max_file_bytes,
-            max_members=settings.max_archive_members,
-        ),
-        load_timeout=settings.load_timeout_seconds,
-    )
 
 
 def _reconcile_after_restart(cp: ControlPlane, pool: str, stop: threading.Event) -> None:
@@ -54,11 +31,9 @@ def _reconcile_after_restart(cp: ControlPlane, pool: str, stop: threading.Event)
     while not stop.is_set():
         try:
             cp.pools[pool].triton.wait_server_ready(60)
-            for change in cp.reconcile():
+            for change in cp.reconcile(only=pool, block=True):
                 log.info("reconcile: %s", change)
             return
-        except Conflict:
-            stop.wait(1.0)
         except ControlPlaneError as exc:
             log.warning("reconcile after restart of %s failed: %s; retrying", pool, exc)
             stop.wait(2.0)
@@ -79,31 +54,46 @@ def run_embedded(settings: Settings) -> None:
         db.upgrade()
     db.check_schema()
 
+    pool_names = tuple(p.strip() for p in settings.pools.split(",") if p.strip())
+    weights = ensure_pool_rows(db, pool_names)
     stack = LocalStack(
         settings.state_dir,
         host=settings.host,
         grpc_port=settings.grpc_port,
         http_port=settings.http_port,
-        pool_names=(settings.pool_name,),
+        pool_names=pool_names,
         ports_base=settings.triton_ports_base,
+        initial_weights=weights,
     )
     stopping = threading.Event()
+    services = None
     try:
         started = time.monotonic()
         stack.start()
-        cp = build_control_plane(settings, db, stack)
+        services = build_services(settings, db, stack)
+        cp = services.cp
+        services.router.set_weights(weights)
         for name, pool in stack.pools.items():
             assert pool.process is not None
             pool.process.on_restart = lambda n=name: _reconcile_after_restart(cp, n, stopping)
-        for change in cp.reconcile():
+        for change in services.reconciler.run_once():
             log.info("reconcile: %s", change)
-        app = create_app(cp, max_upload_bytes=settings.max_upload_bytes, readiness=stack.readiness)
+        threading.Thread(
+            target=services.reconciler.run_forever, args=(stopping,), name="reconciler", daemon=True
+        ).start()
+        app = create_app(
+            cp,
+            max_upload_bytes=settings.max_upload_bytes,
+            readiness=stack.readiness,
+            engine=services.engine,
+        )
         server = uvicorn.Server(
             uvicorn.Config(app, host=settings.host, port=settings.api_port, log_level="warning")
         )
         print(f"REST API           http://{settings.host}:{settings.api_port}  (docs: /docs)", flush=True)
         print(f"Triton gRPC proxy  {settings.host}:{settings.grpc_port}", flush=True)
         print(f"Triton HTTP proxy  http://{settings.host}:{settings.http_port}", flush=True)
+        print(f"pools              {', '.join(f'{p}={w}' for p, w in weights.items())}", flush=True)
         print(
             f"state in {settings.state_dir}; started in {time.monotonic() - started:.1f} s; Ctrl-C stops",
             flush=True,
@@ -113,6 +103,8 @@ def run_embedded(settings: Settings) -> None:
         pass
     finally:
         stopping.set()
+        if services is not None:
+            services.engine.stop()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop()

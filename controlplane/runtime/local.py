@@ -1,34 +1,78 @@
-"""Runtime "local": tritonserver and haproxy as supervised child processes of the control plane.
+"""Runtime "local": tritonserver and haproxy as supervised processes of the control plane.
 
 Everything lives under the state directory::
 
+    runtime.json              ports, shm prefixes, initial weights (see ``runtime.state``)
+    runtime.lock              held (flock) by the one LocalStack running on this directory
     backends/                 Triton backend directory (Python backend + onnxruntime stand-in)
     pools/<pool>/repository   the pool's live model repository
     pools/<pool>/triton.log   its server log
+    pools/<pool>/tritonserver.pid
     proxy/haproxy.cfg         generated proxy configuration (admin socket beside it)
+    proxy/haproxy.pid
 
-Each pool's Triton runs with its own shm prefix so that a crashed server's
-backend stubs and /dev/shm regions can be found and removed without touching
-any other Triton on the machine. A pid file per process lets the next start
-remove what a killed control plane left running.
+The data plane outlives the control plane. Triton and HAProxy run in their
+own sessions, so a kill -9 of the control plane leaves them serving. The next
+start reads ``runtime.json`` (same ports, same shm prefixes, same initial
+weights, hence the same command lines and the same rendered HAProxy config)
+and, for each pid file naming a live process that is ours and runs exactly
+what it would start, adopts that process instead of starting a new one (see
+``runtime.adoption``). Clients of the proxy ports never notice the restart.
+
+Invariants:
+
+* A pool's Triton ports and shm prefix are chosen once and kept in
+  ``runtime.json``; a port taken by something that is not ours fails the
+  start with ``StartupFailed`` instead of moving the pool elsewhere.
+* A process that is not ours (the pid was reused) is never signalled. One
+  that is ours but runs something else is stopped and replaced (logged).
+* An adopted process is supervised like a child: when it dies its leftovers
+  (backend stubs, /dev/shm regions of its shm prefix) are removed and it is
+  restarted as our child, with ``on_restart`` called.
+* ``stop()`` stops everything, adopted processes included: proxy first (no
+  new requests), then each Triton, whose leftovers are removed.
+* HAProxy's runtime weights live in its process: an adopted proxy keeps the
+  weights it had; a started one begins with the rendered initial weights.
+  The caller re-applies desired weights after ``start()``. Any other
+  difference between the running proxy's config file and a fresh rendering
+  (ports, pools, options) replaces the proxy, and the log says what changed.
+
+Concurrency: one LocalStack per state directory at a time (``runtime.lock``,
+taken in ``start()``; the kernel releases it when the holder dies, even by
+kill -9). ``start()`` and ``stop()`` are called from one thread; supervision
+runs in one monitor thread per process (``runtime.process``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import fcntl
 import logging
 import os
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.errors import ControlPlaneError, TritonUnavailable
+from controlplane.runtime.adoption import Action, decide_haproxy, decide_triton, parse_tritonserver_argv
 from controlplane.runtime.cleanup import clean_triton_leftovers
-from controlplane.runtime.ports import free_ports
-from controlplane.runtime.process import SupervisedProcess
+from controlplane.runtime.ports import free_ports, port_is_free
+from controlplane.runtime.process import AdoptedProcess, SupervisedProcess, terminate
+from controlplane.runtime.procfs import owner_uid, read_pid_file
+from controlplane.runtime.state import (
+    FILE_NAME,
+    PoolState,
+    ProxyState,
+    RuntimeState,
+    RuntimeStateError,
+    load_state,
+    plan_runtime,
+    save_state,
+    state_tag,
+)
 from controlplane.staging.repository import PoolRepository
 from controlplane.traffic.haproxy import (
     HAProxyRuntime,
@@ -45,31 +89,42 @@ log = logging.getLogger(__name__)
 
 # AF_UNIX paths are limited to 108 bytes; deep state directories (pytest's) exceed it.
 _MAX_SOCKET_PATH = 100
+# Triton listens on every address, so a port counts as taken if bound on any.
+_TRITON_BIND = "0.0.0.0"
 
 
 class StartupFailed(ControlPlaneError):
     code = "startup_failed"
 
 
-def _stop_stale(pid_file: Path, binary_name: str) -> None:
-    """Kill a process a previous (killed) run left behind, if the pid still belongs to it."""
+def inspect_pid_file(pid_file: Path) -> tuple[AdoptedProcess | None, list[str] | None]:
+    """A handle on the live process ``pid_file`` names and its argv; (None, None) if there is none.
+
+    A process of another user is reported as (None, argv-or-None): we could
+    not adopt or signal it anyway.
+    """
+    pid = read_pid_file(pid_file)
+    if pid is None:
+        return None, None
+    handle = AdoptedProcess.open(pid)
+    if handle is None:
+        return None, None
+    argv = handle.cmdline()
+    if argv is None or owner_uid(pid) != os.getuid():
+        handle.close()
+        return None, argv
+    return handle, argv
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        cmdline = ""
-    if cmdline.endswith(binary_name):
-        log.warning("stopping %s (pid %s) left by a previous run", binary_name, pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        for _ in range(50):
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.05)
-    pid_file.unlink(missing_ok=True)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -82,28 +137,32 @@ class LocalTritonPool:
     grpc_port: int
     metrics_port: int
     shm_prefix: str
+    initial_weight: int = 1
     process: SupervisedProcess | None = None
 
     @property
     def repository(self) -> PoolRepository:
+        """The pool's live and staging model folders."""
         return PoolRepository(self.root)
 
     @property
     def grpc_url(self) -> str:
+        """``host:port`` of this pool's own Triton gRPC (not the proxy)."""
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def pid_file(self) -> Path:
+        """Where the current tritonserver's pid is kept, for adoption by the next run."""
         return self.root / "tritonserver.pid"
 
     def cleanup(self) -> None:
+        """Kill this pool's orphaned backend stubs and remove its /dev/shm regions."""
         killed, removed = clean_triton_leftovers(self.shm_prefix)
         if killed or removed:
             log.info("pool %s: killed %d backend stubs, removed %d shm regions", self.name, killed, removed)
 
     def start(self, backend_dir: Path) -> None:
-        _stop_stale(self.pid_file, "tritonserver")
-        self.cleanup()
+        """Adopt the pool's running tritonserver if it is ours and current, else start one."""
         argv, env = tritonserver_command(
             model_repository=self.repository.live,
             backend_directory=backend_dir,
@@ -120,15 +179,54 @@ class LocalTritonPool:
             cleanup=self.cleanup,
             pid_file=self.pid_file,
         )
+        found, running = inspect_pid_file(self.pid_file)
+        decision = decide_triton(running if found is not None else None, argv)
+        if found is not None and decision.action is Action.ADOPT:
+            log.info("pool %s: adopting tritonserver pid %s: %s", self.name, found.pid, decision.reason)
+            self.process.adopt(found)
+            return
+        if found is not None and decision.action is Action.REPLACE:
+            log.warning(
+                "pool %s: tritonserver pid %s %s; replacing it", self.name, found.pid, decision.reason
+            )
+            if not terminate(found, timeout=10):
+                found.close()
+                raise StartupFailed(f"pool {self.name}: could not stop tritonserver pid {found.pid}")
+        elif running is not None:
+            log.info("pool %s: pid file names a process that is not ours; leaving it alone", self.name)
+        if found is not None:
+            found.close()
+        self.pid_file.unlink(missing_ok=True)
+        self.cleanup()
+        ports = {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
+        for kind, port in ports.items():
+            if not port_is_free(port, _TRITON_BIND):
+                raise StartupFailed(
+                    f"port {port} ({kind} port of Triton pool {self.name}, kept in {FILE_NAME}) is in use "
+                    "by a process that is not this pool's tritonserver: stop that process, or remove the "
+                    f"pool's entry from {FILE_NAME} (or set other Triton ports) to choose new ports",
+                    details={"pool": self.name, "port": port},
+                )
         self.process.start()
 
     def stop(self) -> None:
+        """Stop the pool's tritonserver (adopted or child) and remove its leftovers."""
         if self.process is not None:
             self.process.stop()
 
 
 class LocalStack:
-    """The embedded Triton pool(s) and HAProxy in front of them."""
+    """The embedded Triton pool(s) and HAProxy in front of them.
+
+    ``initial_weights`` are the server weights rendered into the HAProxy
+    config: where a freshly started proxy begins. None uses what
+    ``runtime.json`` remembers (1 for a pool never seen); a mapping given is
+    remembered there. They are runtime state, so they do not decide adoption:
+    a running proxy whose config differs from the new rendering only in
+    weights is adopted with its running weights, and the config file is
+    rewritten for its next restart. Either way the caller re-applies the
+    desired weights after ``start()``.
+    """
 
     def __init__(
         self,
@@ -139,6 +237,7 @@ class LocalStack:
         http_port: int,
         pool_names: tuple[str, ...] = ("blue",),
         ports_base: int = 0,
+        initial_weights: Mapping[str, int] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.host = host
@@ -146,22 +245,34 @@ class LocalStack:
         self.http_port = http_port
         self.backend_dir = state_dir / "backends"
         self.proxy_dir = state_dir / "proxy"
-        tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
-        ports = (
-            [ports_base + i for i in range(3 * len(pool_names))]
-            if ports_base
-            else free_ports(3 * len(pool_names))
-        )
+        self.state_file = state_dir / FILE_NAME
+        tag = state_tag(state_dir)
+        try:
+            previous = load_state(self.state_file)
+            self.state = plan_runtime(
+                previous,
+                pool_names=pool_names,
+                tag=tag,
+                proxy=ProxyState(host=host, grpc_port=grpc_port, http_port=http_port),
+                ports_base=ports_base,
+                initial_weights=initial_weights,
+                recovered=self._recover_lost_entries(previous, pool_names) if not ports_base else None,
+                free_ports=lambda n, exclude: free_ports(n, exclude=exclude),
+            )
+        except RuntimeStateError as exc:
+            raise StartupFailed(f"cannot use {self.state_file}: {exc}; fix or remove it") from exc
         self.pools = {
             name: LocalTritonPool(
                 name=name,
                 root=state_dir / "pools" / name,
-                http_port=ports[3 * i],
-                grpc_port=ports[3 * i + 1],
-                metrics_port=ports[3 * i + 2],
-                shm_prefix=f"cp{tag}_{name}_",
+                http_port=entry.http_port,
+                grpc_port=entry.grpc_port,
+                metrics_port=entry.metrics_port,
+                shm_prefix=entry.shm_prefix,
+                initial_weight=entry.initial_weight,
             )
-            for i, name in enumerate(pool_names)
+            for name in pool_names
+            for entry in (self.state.pools[name],)
         }
         socket_path = self.proxy_dir / "admin.sock"
         if len(str(socket_path)) > _MAX_SOCKET_PATH:
@@ -169,11 +280,63 @@ class LocalStack:
         self.admin_socket = socket_path
         self.proxy: SupervisedProcess | None = None
         self.runtime = HAProxyRuntime(self.admin_socket)
+        self._lock_fd: int | None = None
+
+    def _recover_lost_entries(
+        self, previous: RuntimeState | None, pool_names: tuple[str, ...]
+    ) -> dict[str, PoolState]:
+        """Ports and shm prefix of our live tritonservers whose pool has no entry (runtime.json lost)."""
+        recovered: dict[str, PoolState] = {}
+        for name in pool_names:
+            if previous is not None and name in previous.pools:
+                continue
+            root = self.state_dir / "pools" / name
+            handle, argv = inspect_pid_file(root / "tritonserver.pid")
+            if handle is not None:
+                handle.close()
+            found = parse_tritonserver_argv(argv) if handle is not None and argv else None
+            if (
+                found is not None
+                and found.model_repository == str((root / "repository").absolute())
+                and found.http_port
+                and found.grpc_port
+                and found.metrics_port
+                and found.shm_prefix
+            ):
+                log.info("pool %s: recovered ports and shm prefix from its running tritonserver", name)
+                recovered[name] = PoolState(
+                    http_port=found.http_port,
+                    grpc_port=found.grpc_port,
+                    metrics_port=found.metrics_port,
+                    shm_prefix=found.shm_prefix,
+                )
+        return recovered
+
+    def _lock_state_dir(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / "runtime.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupFailed(
+                f"another control plane is running with state directory {self.state_dir}"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock_state_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def start(self, *, timeout: float = 60.0) -> None:
-        """Start every pool and the proxy; return when the proxy routes to a ready pool."""
+        """Adopt or start every pool and the proxy; return when the proxy routes to a ready pool."""
+        self._lock_state_dir()
         build_backend_directory(self.backend_dir)
+        save_state(self.state_file, self.state)
+        self._stop_unrequested_pools()
         for pool in self.pools.values():
+            # Holding the lock means no other control plane is building into staging right now.
             pool.repository.clear_staging()
             pool.start(self.backend_dir)
         for pool in self.pools.values():
@@ -188,32 +351,92 @@ class LocalStack:
                 client.close()
         self._start_proxy(timeout)
 
-    def _start_proxy(self, timeout: float) -> None:
-        self.proxy_dir.mkdir(parents=True, exist_ok=True)
-        self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
-        pid_file = self.proxy_dir / "haproxy.pid"
-        _stop_stale(pid_file, "haproxy")
-        config = ProxyConfig(
+    def _stop_unrequested_pools(self) -> None:
+        """Stop our tritonservers of pools this run does not serve (left by a killed run)."""
+        for name, entry in self.state.pools.items():
+            if name in self.pools:
+                continue
+            root = self.state_dir / "pools" / name
+            handle, argv = inspect_pid_file(root / "tritonserver.pid")
+            if handle is None:
+                continue
+            found = parse_tritonserver_argv(argv or [])
+            if found is not None and found.model_repository == str((root / "repository").absolute()):
+                log.warning("pool %s is not requested: stopping its tritonserver pid %s", name, handle.pid)
+                terminate(handle, timeout=10)
+                clean_triton_leftovers(entry.shm_prefix)
+                (root / "tritonserver.pid").unlink(missing_ok=True)
+            handle.close()
+
+    def proxy_config(self) -> ProxyConfig:
+        """The proxy configuration this stack renders (initial weights from ``runtime.json``)."""
+        return ProxyConfig(
             grpc_bind=(self.host, self.grpc_port),
             http_bind=(self.host, self.http_port),
             admin_socket=self.admin_socket,
             pools=tuple(
                 PoolEndpoint(
-                    name=p.name, host="127.0.0.1", grpc_port=p.grpc_port, http_port=p.http_port, weight=1
+                    name=p.name,
+                    host="127.0.0.1",
+                    grpc_port=p.grpc_port,
+                    http_port=p.http_port,
+                    weight=p.initial_weight,
                 )
                 for p in self.pools.values()
             ),
         )
+
+    def _start_proxy(self, timeout: float) -> None:
+        self.proxy_dir.mkdir(parents=True, exist_ok=True)
+        self.admin_socket.parent.mkdir(parents=True, exist_ok=True)
+        pid_file = self.proxy_dir / "haproxy.pid"
         config_path = self.proxy_dir / "haproxy.cfg"
-        config_path.write_text(render_config(config))
+        rendered = render_config(self.proxy_config()).encode()
+        argv = haproxy_command(config_path)
         self.proxy = SupervisedProcess(
             "haproxy",
-            haproxy_command(config_path),
+            argv,
             log_path=self.proxy_dir / "haproxy.log",
             stop_timeout=5,
             pid_file=pid_file,
         )
-        self.proxy.start()
+        found, running = inspect_pid_file(pid_file)
+        try:
+            on_disk: bytes | None = config_path.read_bytes()
+        except FileNotFoundError:
+            on_disk = None
+        decision = decide_haproxy(
+            running if found is not None else None, argv, running_config=on_disk, wanted_config=rendered
+        )
+        if found is not None and decision.action is Action.ADOPT:
+            log.info("adopting haproxy pid %s: %s", found.pid, decision.reason)
+            if decision.refresh_config:
+                _write_atomically(config_path, rendered)
+            self.proxy.adopt(found)
+        else:
+            if found is not None and decision.action is Action.REPLACE:
+                log.warning(
+                    "haproxy pid %s: %s; replacing it (open client connections are cut)",
+                    found.pid,
+                    decision.reason,
+                )
+                if not terminate(found, stop_signal=signal.SIGTERM, timeout=5):
+                    found.close()
+                    raise StartupFailed(f"could not stop haproxy pid {found.pid}")
+            elif running is not None:
+                log.info("haproxy pid file names a process that is not ours; leaving it alone")
+            if found is not None:
+                found.close()
+            pid_file.unlink(missing_ok=True)
+            for kind, port in (("gRPC", self.grpc_port), ("HTTP", self.http_port)):
+                if not port_is_free(port, self.host):
+                    raise StartupFailed(
+                        f"proxy {kind} port {self.host}:{port} is in use by another process",
+                        details={"port": port},
+                    )
+            # Written whole: adoption compares this file with a fresh rendering.
+            _write_atomically(config_path, rendered)
+            self.proxy.start()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -245,8 +468,12 @@ class LocalStack:
         return checks
 
     def stop(self) -> None:
-        """Stop the proxy first (no new requests), then the pools."""
-        if self.proxy is not None:
-            self.proxy.stop()
-        for pool in self.pools.values():
-            pool.stop()
+        """Stop the proxy first (no new requests), then the pools; adopted processes too."""
+        try:
+            if self.proxy is not None:
+                self.proxy.stop()
+            for pool in self.pools.values():
+                pool.stop()
+        finally:
+            with contextlib.suppress(OSError):
+                self._unlock_state_dir()

@@ -71,6 +71,15 @@ class Stack:
                 headers={"content-type": "application/gzip"},
             )
 
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return (self.api_port, self.grpc_port, self.http_port)
+
+    def kill(self) -> None:
+        """kill -9 of the control plane alone, as a crash would (its children live in their own sessions)."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, as a service manager would; return the exit code."""
         if self.process.poll() is None:
@@ -88,10 +97,11 @@ def start_stack(
     *,
     database_url: str | None = None,
     env: dict[str, str] | None = None,
+    ports: tuple[int, int, int] | None = None,
     timeout: float = 90,
 ) -> Stack:
-    """Start ``controlplane up`` and wait until ``/readyz`` answers 200."""
-    api_port, grpc_port, http_port = free_ports(3)
+    """Start ``controlplane up`` (API, gRPC and HTTP ports: ``ports`` or free ones); wait for ``/readyz``."""
+    api_port, grpc_port, http_port = ports or free_ports(3)
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.parent / f"{state_dir.name}-up.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}

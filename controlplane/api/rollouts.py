@@ -1,0 +1,166 @@
+"""REST endpoints for rollouts and model rollback."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from controlplane.domain.analysis import Gates
+from controlplane.domain.models import validate_model_name
+from controlplane.domain.rollouts import RequestedAction, Rollout, Strategy, make_spec
+from controlplane.errors import ControlPlaneError
+from controlplane.rollout.engine import RolloutEngine
+
+
+class GatesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="fraction of failed requests")
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    min_requests: int = Field(default=20, ge=0, description="below this, the error-rate gate lacks data")
+
+
+class RolloutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    version: int = Field(ge=1)
+    strategy: Literal["bluegreen", "canary", "inplace"] = "canary"
+    steps: list[int] | None = Field(default=None, description="percent of traffic per step, ending at 100")
+    step_seconds: float = Field(default=30.0, ge=0, le=3600)
+    bake_seconds: float = Field(default=60.0, ge=0, le=86400)
+    gates: GatesIn = Field(default_factory=GatesIn)
+
+
+class RolloutEventOut(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    step_index: int | None
+    weights: dict[str, int]
+    reason: str
+    measurements: dict[str, Any]
+
+
+class RolloutOut(BaseModel):
+    id: int
+    model: str
+    version: int
+    from_version: int | None
+    strategy: str
+    state: str
+    active: bool
+    steps: list[int]
+    step_index: int | None
+    target_percent: int
+    step_seconds: float
+    bake_seconds: float
+    gates: dict[str, Any]
+    source_pool: str
+    target_pool: str
+    requested_action: str | None
+    reason: str
+    actor: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    live_weights: dict[str, int] | None = None
+    events: list[RolloutEventOut]
+
+
+def rollout_out(r: Rollout, live_weights: dict[str, int] | None = None) -> RolloutOut:
+    return RolloutOut(
+        id=r.id,
+        model=r.spec.model,
+        version=r.spec.version,
+        from_version=r.from_version,
+        strategy=r.spec.strategy.value,
+        state=r.state.value,
+        active=r.active,
+        steps=list(r.spec.steps),
+        step_index=r.step_index,
+        target_percent=r.target_percent(),
+        step_seconds=r.spec.step_seconds,
+        bake_seconds=r.spec.bake_seconds,
+        gates=r.spec.gates.as_dict(),
+        source_pool=r.source_pool,
+        target_pool=r.target_pool,
+        requested_action=r.requested_action.value if r.requested_action else None,
+        reason=r.reason,
+        actor=r.actor,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        finished_at=r.finished_at,
+        live_weights=live_weights,
+        events=[
+            RolloutEventOut(
+                at=e.at,
+                from_state=e.from_state,
+                to_state=e.to_state,
+                step_index=e.step_index,
+                weights=dict(e.weights),
+                reason=e.reason,
+                measurements=dict(e.measurements),
+            )
+            for e in r.events
+        ],
+    )
+
+
+def rollouts_router(engine: RolloutEngine) -> APIRouter:
+    """Routes under /v1/rollouts and /v1/models/{model}/rollback."""
+    router = APIRouter(tags=["rollouts"])
+
+    def live_weights() -> dict[str, int] | None:
+        try:
+            return engine.router.weights()
+        except ControlPlaneError:
+            return None
+
+    @router.post("/v1/rollouts", response_model=RolloutOut, status_code=202)
+    def create(body: RolloutIn) -> JSONResponse:
+        """Start moving traffic to a version; 409 while another rollout runs on the pools."""
+        validate_model_name(body.model)
+        spec = make_spec(
+            model=body.model,
+            version=body.version,
+            strategy=Strategy(body.strategy),
+            steps=body.steps,
+            step_seconds=body.step_seconds,
+            bake_seconds=body.bake_seconds,
+            gates=Gates(**body.gates.model_dump()),
+        )
+        rollout = engine.start(spec, actor="anonymous")
+        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+
+    @router.get("/v1/rollouts", response_model=list[RolloutOut])
+    def list_all(active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RolloutOut]:
+        return [rollout_out(r) for r in engine.list(active_only=active, limit=limit)]
+
+    @router.get("/v1/rollouts/{rollout_id}", response_model=RolloutOut)
+    def get(rollout_id: int) -> RolloutOut:
+        return rollout_out(engine.get(rollout_id), live_weights())
+
+    @router.post("/v1/rollouts/{rollout_id}/abort", response_model=RolloutOut, status_code=202)
+    def abort(rollout_id: int) -> JSONResponse:
+        """Roll back: traffic returns to the source pool."""
+        rollout = engine.request(rollout_id, RequestedAction.ABORT, actor="anonymous")
+        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+
+    @router.post("/v1/rollouts/{rollout_id}/promote", response_model=RolloutOut, status_code=202)
+    def promote(rollout_id: int) -> JSONResponse:
+        """Skip the remaining steps: all traffic to the target pool, then bake."""
+        rollout = engine.request(rollout_id, RequestedAction.PROMOTE, actor="anonymous")
+        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+
+    @router.post("/v1/models/{model}/rollback", response_model=RolloutOut, status_code=202)
+    def rollback(model: str) -> JSONResponse:
+        """Return ``model`` to its previous production version (a weight flip while the old pool is warm)."""
+        rollout = engine.rollback_model(model, actor="anonymous")
+        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+
+    return router

@@ -1,0 +1,72 @@
+"""A Triton pool as the services use it: its repository, its Triton, and one lock.
+
+``install`` is the order of operations that loses no request on a pool that
+serves traffic (FACTS.md): build the folder aside, swap it in atomically,
+reload in Triton (the old version serves until the new one is READY),
+smoke-test, and only then report success. On failure the previous folder is
+swapped back and reloaded, so the repository and Triton keep agreeing.
+
+Concurrency: callers hold ``Pool.lock`` while they change a pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from dataclasses import dataclass, field
+
+from controlplane.artifacts.blobs import BlobStore
+from controlplane.domain.models import ModelVersion
+from controlplane.errors import ControlPlaneError, ModelLoadFailed, SmokeTestFailed, TritonUnavailable
+from controlplane.staging.repository import PoolRepository
+from controlplane.triton.client import TritonClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pool:
+    """A Triton server (or, later, replicas) with its model repository."""
+
+    name: str
+    repository: PoolRepository
+    triton: TritonClient
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def install(
+    pool: Pool, version: ModelVersion, blobs: BlobStore, *, previous: int | None, load_timeout: float
+) -> None:
+    """Stage, swap in, load and smoke-test ``version`` on ``pool``; undo everything on failure."""
+    built = pool.repository.build(version, blobs, verify=True)
+    old_folder = pool.repository.activate(version.model, built)
+    try:
+        pool.triton.load(version.model, version.number, timeout=load_timeout)
+        pool.triton.smoke_test(version.model, version.number, version.signature)
+    except (ModelLoadFailed, SmokeTestFailed, TritonUnavailable):
+        pool.repository.restore(version.model, old_folder)
+        _restore_in_triton(pool, version.model, previous, load_timeout)
+        raise
+    if old_folder is not None:
+        shutil.rmtree(old_folder, ignore_errors=True)
+
+
+def _restore_in_triton(pool: Pool, model: str, previous: int | None, load_timeout: float) -> None:
+    try:
+        if previous is None:
+            pool.triton.unload(model)
+        else:
+            pool.triton.load(model, previous, timeout=load_timeout)
+    except ControlPlaneError as exc:
+        # The reconciler converges later; the original error is what the caller needs.
+        log.warning("restoring %s on pool %s after a failed install: %s", model, pool.name, exc)
+
+
+def uninstall(pool: Pool, model: str) -> None:
+    """Unload ``model`` and remove its folder. Callers make sure the pool gets no traffic for it."""
+    try:
+        pool.triton.unload(model)
+    except ModelLoadFailed as exc:
+        log.info("unload of %s on %s: %s", model, pool.name, exc)
+    pool.repository.remove(model)

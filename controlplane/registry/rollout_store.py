@@ -1,0 +1,389 @@
+"""Persistence of pools, pool releases and rollouts. Functions flush; the caller owns the transaction.
+
+``transition`` is the one door for rollout state changes: it locks the row
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions are already
+serial), asks :func:`controlplane.domain.rollouts.decide`, and writes the new
+state, a rollout event and an audit event together, or nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from controlplane.domain.analysis import Gates
+from controlplane.domain.rollouts import (
+    Decision,
+    RequestedAction,
+    Rollout,
+    RolloutEvent,
+    RolloutSpec,
+    RolloutState,
+    Strategy,
+    decide,
+)
+from controlplane.errors import Conflict, NotFound
+from controlplane.registry import store
+from controlplane.registry.store import _aware, _model_row, _version_row
+from controlplane.registry.tables import (
+    DeploymentRow,
+    ModelRow,
+    PoolRow,
+    RolloutEventRow,
+    RolloutRow,
+    VersionRow,
+    utcnow,
+)
+
+
+def pool_pair(source: str, target: str) -> str:
+    """The key under which only one rollout may be active."""
+    return "+".join(sorted((source, target)))
+
+
+# -- pools ---------------------------------------------------------------------------------
+
+
+def ensure_pools(session: Session, names: tuple[str, ...]) -> None:
+    """Create missing pool rows: the first pool ever created gets all traffic, others none."""
+    existing = {r.name for r in session.execute(select(PoolRow)).scalars()}
+    for name in names:
+        if name not in existing:
+            weight = 100 if not existing and name == names[0] else 0
+            session.add(PoolRow(name=name, weight=weight, updated_at=utcnow()))
+            existing.add(name)
+    session.flush()
+
+
+def pool_weights(session: Session) -> dict[str, int]:
+    """Desired proxy weight per pool."""
+    return {r.name: r.weight for r in session.execute(select(PoolRow).order_by(PoolRow.name)).scalars()}
+
+
+def set_pool_weights(session: Session, weights: Mapping[str, int]) -> None:
+    """Record desired weights (the proxy is changed by the caller, after this commits)."""
+    rows = {r.name: r for r in session.execute(select(PoolRow).with_for_update()).scalars()}
+    for name, weight in weights.items():
+        if name not in rows:
+            raise NotFound(f"pool {name!r} does not exist", code="pool_not_found")
+        rows[name].weight = weight
+        rows[name].updated_at = utcnow()
+    session.flush()
+
+
+def live_pool_of(weights: Mapping[str, int]) -> str:
+    """The pool with the most weight (ties: by name)."""
+    return max(sorted(weights), key=lambda n: weights[n])
+
+
+def live_pool(session: Session) -> str:
+    """The pool that takes (most of) the traffic."""
+    weights = pool_weights(session)
+    if not weights:
+        raise NotFound("no pools are configured", code="pool_not_found")
+    return live_pool_of(weights)
+
+
+# -- releases: what each pool should serve ---------------------------------------------------
+
+
+def pool_release(session: Session, pool: str) -> dict[str, int]:
+    """Model name -> version number that ``pool`` should serve."""
+    rows = session.execute(
+        select(ModelRow.name, VersionRow.number)
+        .join(DeploymentRow, DeploymentRow.model_id == ModelRow.id)
+        .join(VersionRow, VersionRow.id == DeploymentRow.version_id)
+        .where(DeploymentRow.pool == pool)
+    )
+    return {name: number for name, number in rows}
+
+
+def set_pool_release(session: Session, pool: str, release: Mapping[str, int]) -> None:
+    """Replace what ``pool`` should serve."""
+    session.execute(delete(DeploymentRow).where(DeploymentRow.pool == pool))
+    for model, number in release.items():
+        store.set_deployment(session, model=model, pool=pool, number=number)
+    session.flush()
+
+
+# -- rollouts --------------------------------------------------------------------------------
+
+
+def _entity(row: RolloutRow, model: str, version: int, from_version: int | None) -> Rollout:
+    gates = Gates(**row.gates)
+    spec = RolloutSpec(
+        model=model,
+        version=version,
+        strategy=Strategy(row.strategy),
+        steps=tuple(row.steps),
+        step_seconds=row.step_seconds,
+        bake_seconds=row.bake_seconds,
+        gates=gates,
+    )
+    return Rollout(
+        id=row.id,
+        spec=spec,
+        state=RolloutState(row.state),
+        step_index=row.step_index,
+        source_pool=row.source_pool,
+        target_pool=row.target_pool,
+        from_version=from_version,
+        requested_action=RequestedAction(row.requested_action) if row.requested_action else None,
+        reason=row.reason,
+        actor=row.actor,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+        finished_at=_aware(row.finished_at) if row.finished_at else None,
+        events=tuple(
+            RolloutEvent(
+                at=_aware(e.at),
+                from_state=e.from_state,
+                to_state=e.to_state,
+                step_index=e.step_index,
+                weights=e.weights,
+                reason=e.reason,
+                measurements=e.measurements,
+            )
+            for e in row.events
+        ),
+    )
+
+
+def _load(session: Session, rollout_id: int, *, lock: bool = False) -> tuple[RolloutRow, Rollout]:
+    stmt = select(RolloutRow).where(RolloutRow.id == rollout_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt.options(selectinload(RolloutRow.events))).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"rollout {rollout_id} does not exist", code="rollout_not_found")
+    return row, _to_entity(session, row)
+
+
+def _to_entity(session: Session, row: RolloutRow) -> Rollout:
+    model = session.get(ModelRow, row.model_id)
+    version = session.get(VersionRow, row.version_id)
+    from_version = session.get(VersionRow, row.from_version_id) if row.from_version_id else None
+    assert model is not None and version is not None
+    return _entity(row, model.name, version.number, from_version.number if from_version else None)
+
+
+def get_rollout(session: Session, rollout_id: int) -> Rollout:
+    return _load(session, rollout_id)[1]
+
+
+def list_rollouts(session: Session, *, limit: int = 50, active_only: bool = False) -> list[Rollout]:
+    """Newest first."""
+    stmt = (
+        select(RolloutRow)
+        .order_by(RolloutRow.id.desc())
+        .limit(limit)
+        .options(selectinload(RolloutRow.events))
+    )
+    if active_only:
+        stmt = stmt.where(RolloutRow.active.is_(True))
+    return [_to_entity(session, r) for r in session.execute(stmt).scalars()]
+
+
+def create_rollout(
+    session: Session,
+    *,
+    spec: RolloutSpec,
+    source_pool: str,
+    target_pool: str,
+    from_version: int | None,
+    actor: str,
+) -> Rollout:
+    """Insert a pending rollout; Conflict when one is already active on the pool pair."""
+    pair = pool_pair(source_pool, target_pool)
+    running = session.execute(
+        select(RolloutRow.id).where(RolloutRow.pool_pair == pair, RolloutRow.active.is_(True))
+    ).scalar_one_or_none()
+    if running is not None:
+        raise Conflict(
+            f"rollout {running} is still running on pools {pair}; abort it or wait",
+            code="rollout_in_progress",
+            details={"rollout": running},
+        )
+    model_row = _model_row(session, spec.model, lock=True)
+    version_row = _version_row(session, model_row, spec.version)
+    from_row = _version_row(session, model_row, from_version) if from_version is not None else None
+    now = utcnow()
+    row = RolloutRow(
+        model_id=model_row.id,
+        version_id=version_row.id,
+        from_version_id=from_row.id if from_row else None,
+        strategy=spec.strategy.value,
+        state=RolloutState.PENDING.value,
+        active=True,
+        pool_pair=pair,
+        source_pool=source_pool,
+        target_pool=target_pool,
+        steps=list(spec.steps),
+        step_seconds=spec.step_seconds,
+        bake_seconds=spec.bake_seconds,
+        gates=dataclasses.asdict(spec.gates),
+        step_index=None,
+        requested_action=None,
+        reason="",
+        actor=actor,
+        created_at=now,
+        updated_at=now,
+        events=[
+            RolloutEventRow(
+                at=now,
+                from_state=None,
+                to_state=RolloutState.PENDING.value,
+                weights={},
+                reason="requested",
+                measurements={},
+            )
+        ],
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError as exc:
+        # Lost a race with a concurrent request between the check and the insert.
+        raise Conflict(f"another rollout is running on pools {pair}", code="rollout_in_progress") from exc
+    store.append_event(
+        session,
+        actor=actor,
+        action="rollout.create",
+        target=f"{spec.model}/{spec.version}",
+        outcome="pending",
+        details={
+            "rollout": row.id,
+            "strategy": spec.strategy.value,
+            "source": source_pool,
+            "target": target_pool,
+        },
+    )
+    return _to_entity(session, row)
+
+
+def transition(
+    session: Session,
+    rollout_id: int,
+    to: RolloutState,
+    *,
+    reason: str,
+    step_index: int | None = None,
+    weights: Mapping[str, int] | None = None,
+    measurements: Mapping[str, Any] | None = None,
+    actor: str = "controlplane",
+) -> tuple[Decision, Rollout]:
+    """Apply a proposed transition if the rules allow it; record it either way in the audit log."""
+    row, current = _load(session, rollout_id, lock=True)
+    decision = decide(current, to, step_index=step_index)
+    target = f"{current.spec.model}/{current.spec.version}"
+    if not decision.accepted:
+        store.append_event(
+            session,
+            actor=actor,
+            action="rollout.transition",
+            target=target,
+            outcome="rejected",
+            details={
+                "rollout": rollout_id,
+                "from": current.state.value,
+                "to": to.value,
+                "why": decision.reason,
+            },
+        )
+        return decision, current
+    now = utcnow()
+    row.events.append(
+        RolloutEventRow(
+            at=now,
+            from_state=current.state.value,
+            to_state=to.value,
+            step_index=step_index,
+            weights=dict(weights or {}),
+            reason=reason,
+            measurements=dict(measurements or {}),
+        )
+    )
+    row.state = to.value
+    if step_index is not None:
+        row.step_index = step_index
+    row.reason = reason
+    row.updated_at = now
+    if to.terminal:
+        row.active = False
+        row.finished_at = now
+        row.requested_action = None
+    session.flush()
+    store.append_event(
+        session,
+        actor=actor,
+        action="rollout.transition",
+        target=target,
+        outcome=to.value,
+        details={"rollout": rollout_id, "from": current.state.value, "step": step_index, "reason": reason},
+    )
+    return decision, _to_entity(session, row)
+
+
+def record_measurement(
+    session: Session,
+    rollout_id: int,
+    *,
+    reason: str,
+    weights: Mapping[str, int],
+    measurements: Mapping[str, Any],
+) -> None:
+    """An event without a state change: what the analysis saw between steps."""
+    row, current = _load(session, rollout_id)
+    row.events.append(
+        RolloutEventRow(
+            at=utcnow(),
+            from_state=current.state.value,
+            to_state=current.state.value,
+            step_index=current.step_index,
+            weights=dict(weights),
+            reason=reason,
+            measurements=dict(measurements),
+        )
+    )
+    session.flush()
+
+
+def request_action(session: Session, rollout_id: int, action: RequestedAction, *, actor: str) -> Rollout:
+    """Ask a running rollout to abort or promote; Conflict if it has ended."""
+    row, current = _load(session, rollout_id, lock=True)
+    if current.state.terminal:
+        raise Conflict(f"rollout {rollout_id} has already ended ({current.state})", code="rollout_finished")
+    if row.requested_action != RequestedAction.ABORT.value:
+        row.requested_action = action.value
+    row.updated_at = utcnow()
+    session.flush()
+    store.append_event(
+        session,
+        actor=actor,
+        action=f"rollout.{action.value}",
+        target=f"{current.spec.model}/{current.spec.version}",
+        outcome="requested",
+        details={"rollout": rollout_id},
+    )
+    return _to_entity(session, row)
+
+
+def previous_production_version(session: Session, model: str) -> int | None:
+    """The version that served before the last successful rollout of ``model``."""
+    model_row = _model_row(session, model)
+    row = session.execute(
+        select(RolloutRow)
+        .where(RolloutRow.model_id == model_row.id, RolloutRow.state == RolloutState.SUCCEEDED.value)
+        .order_by(RolloutRow.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if row is None or row.from_version_id is None:
+        return None
+    version = session.get(VersionRow, row.from_version_id)
+    return version.number if version else None

@@ -1,0 +1,511 @@
+"""Runs rollouts: stage the target pool, shift weights step by step with analysis, bake, finish.
+
+Who runs what: one worker thread per active rollout, started by
+``RolloutEngine.start`` (new rollouts) or ``RolloutEngine.resume`` (after a
+restart). Every state change goes through ``rollout_store.transition`` and is
+committed before the action it announces (weights, unloads), so after a crash
+the database says what may have happened and ``resume`` can finish the job.
+
+Invariants kept here:
+- the target pool gets weight only after every model of its release is READY
+  there, smoke-tested, and the proxy's health check passes;
+- the source pool keeps its models loaded until the rollout has succeeded;
+- models are unloaded only from a pool at weight 0 whose in-flight requests
+  have drained.
+
+Operators steer a running rollout by setting ``requested_action`` (abort,
+promote); the worker reads it between steps and while waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from controlplane.artifacts.blobs import BlobStore
+from controlplane.domain.analysis import Gates, PoolSample, evaluate, measure
+from controlplane.domain.models import VersionState
+from controlplane.domain.rollouts import (
+    RequestedAction,
+    Rollout,
+    RolloutSpec,
+    RolloutState,
+    Strategy,
+    split_weights,
+)
+from controlplane.errors import (
+    ArtifactCorrupted,
+    Conflict,
+    ControlPlaneError,
+    ModelLoadFailed,
+    ProxyError,
+    SmokeTestFailed,
+    TritonUnavailable,
+)
+from controlplane.pools import Pool, install, uninstall
+from controlplane.registry import rollout_store, store
+from controlplane.registry.db import Database
+from controlplane.traffic.router import TrafficRouter
+
+log = logging.getLogger(__name__)
+
+Sampler = Callable[[str, Collection[str]], PoolSample]
+
+_STAGING_ERRORS = (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted, TritonUnavailable)
+
+
+class _RolledBack(Exception):
+    """Raised inside a worker to leave the forward path once a rollback has been done."""
+
+
+@dataclass
+class EngineSettings:
+    load_timeout: float = 120.0
+    drain_timeout: float = 30.0
+    pool_up_timeout: float = 30.0
+    poll_interval: float = 0.2
+
+
+class RolloutEngine:
+    """Starts, steers and resumes rollouts between the pools of one pool pair."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        pools: Mapping[str, Pool],
+        blobs: BlobStore,
+        router: TrafficRouter,
+        sampler: Sampler,
+        settings: EngineSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.pools = dict(pools)
+        self.blobs = blobs
+        self.router = router
+        self.sampler = sampler
+        self.settings = settings or EngineSettings()
+        self.clock = clock
+        self._workers: dict[int, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def start(self, spec: RolloutSpec, *, actor: str) -> Rollout:
+        """Record a rollout and start its worker; Conflict if one is running on the pool pair."""
+        with self.db.transaction() as session:
+            store.get_version(session, spec.model, spec.version)
+            source = rollout_store.live_pool(session)
+            if spec.strategy is Strategy.INPLACE:
+                target = source
+            else:
+                others = sorted(p for p in self.pools if p != source)
+                if not others:
+                    raise Conflict(
+                        f"strategy {spec.strategy} needs two pools; this stack has only {source!r}",
+                        code="needs_two_pools",
+                    )
+                target = others[0]
+            from_version = rollout_store.pool_release(session, source).get(spec.model)
+            rollout = rollout_store.create_rollout(
+                session,
+                spec=spec,
+                source_pool=source,
+                target_pool=target,
+                from_version=from_version,
+                actor=actor,
+            )
+        self._spawn(rollout.id)
+        return rollout
+
+    def request(self, rollout_id: int, action: RequestedAction, *, actor: str) -> Rollout:
+        """Ask a running rollout to abort or promote; its worker acts within a poll interval."""
+        with self.db.transaction() as session:
+            rollout = rollout_store.request_action(session, rollout_id, action, actor=actor)
+        if rollout_id not in self._workers or not self._workers[rollout_id].is_alive():
+            self._spawn(rollout_id)
+        return rollout
+
+    def get(self, rollout_id: int) -> Rollout:
+        with self.db.transaction() as session:
+            return rollout_store.get_rollout(session, rollout_id)
+
+    def list(self, *, active_only: bool = False, limit: int = 50) -> list[Rollout]:
+        with self.db.transaction() as session:
+            return rollout_store.list_rollouts(session, active_only=active_only, limit=limit)
+
+    def rollback_model(self, model: str, *, actor: str) -> Rollout:
+        """Return ``model`` to its previous production version.
+
+        A rollout of the model still running (or baking, with the old pool
+        warm) is aborted: a weight flip. Otherwise a blue-green rollout to the
+        version that served before the last successful one starts.
+        """
+        with self.db.transaction() as session:
+            store.get_model(session, model)
+            running = [
+                r for r in rollout_store.list_rollouts(session, active_only=True) if r.spec.model == model
+            ]
+            previous = rollout_store.previous_production_version(session, model)
+        if running:
+            return self.request(running[0].id, RequestedAction.ABORT, actor=actor)
+        if previous is None:
+            raise Conflict(f"model {model!r} has no previous production version", code="no_previous_version")
+        spec = RolloutSpec(
+            model=model,
+            version=previous,
+            strategy=Strategy.BLUEGREEN,
+            steps=(100,),
+            step_seconds=0.0,
+            bake_seconds=0.0,
+            gates=Gates(),
+        )
+        return self.start(spec, actor=actor)
+
+    def resume(self) -> list[int]:
+        """Start workers for active rollouts that have none (after a restart); return their ids."""
+        with self.db.transaction() as session:
+            active = rollout_store.list_rollouts(session, active_only=True)
+        resumed = []
+        for rollout in active:
+            if self._spawn(rollout.id):
+                resumed.append(rollout.id)
+        return resumed
+
+    def busy(self) -> bool:
+        """Whether any rollout worker is running."""
+        return any(w.is_alive() for w in self._workers.values())
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask workers to stop at their next wait (state stays in the database for resume)."""
+        self._stopping.set()
+        for worker in list(self._workers.values()):
+            worker.join(timeout)
+
+    def wait(self, rollout_id: int, timeout: float) -> Rollout:
+        """Block until the rollout has ended (tests, CLI)."""
+        worker = self._workers.get(rollout_id)
+        if worker is not None:
+            worker.join(timeout)
+        with self.db.transaction() as session:
+            return rollout_store.get_rollout(session, rollout_id)
+
+    def _spawn(self, rollout_id: int) -> bool:
+        with self._lock:
+            existing = self._workers.get(rollout_id)
+            if existing is not None and existing.is_alive():
+                return False
+            worker = threading.Thread(
+                target=self._run, args=(rollout_id,), name=f"rollout-{rollout_id}", daemon=True
+            )
+            self._workers[rollout_id] = worker
+            worker.start()
+            return True
+
+    # -- the worker -------------------------------------------------------------------------
+
+    def _get(self, rollout_id: int) -> Rollout:
+        with self.db.transaction() as session:
+            return rollout_store.get_rollout(session, rollout_id)
+
+    def _move(
+        self,
+        rollout: Rollout,
+        to: RolloutState,
+        *,
+        reason: str,
+        step_index: int | None = None,
+        weights: Mapping[str, int] | None = None,
+        measurements: Mapping[str, object] | None = None,
+    ) -> Rollout:
+        """Commit a transition (and the desired weights) before acting on it."""
+        with self.db.transaction() as session:
+            decision, updated = rollout_store.transition(
+                session,
+                rollout.id,
+                to,
+                reason=reason,
+                step_index=step_index,
+                weights=weights,
+                measurements=measurements,
+            )
+            if not decision.accepted:
+                raise Conflict(f"rollout {rollout.id}: {decision.reason}", code="invalid_transition")
+            if weights:
+                rollout_store.set_pool_weights(session, weights)
+        return updated
+
+    def _run(self, rollout_id: int) -> None:
+        try:
+            rollout = self._get(rollout_id)
+            self._drive(rollout)
+        except _RolledBack:
+            pass
+        except Exception:
+            # A worker must never die silently: record why, and leave traffic where it is safe.
+            log.exception("rollout %s failed unexpectedly", rollout_id)
+            try:
+                rollout = self._get(rollout_id)
+                if rollout.active and rollout.state is not RolloutState.ROLLING_BACK:
+                    self._rollback(rollout, "internal error; see the control plane log")
+            except Exception:
+                log.exception("rollout %s: rollback after an internal error failed", rollout_id)
+
+    def _drive(self, rollout: Rollout) -> None:
+        """Continue ``rollout`` from whatever state it is in."""
+        if rollout.state is RolloutState.PENDING:
+            rollout = self._move(rollout, RolloutState.STAGING, reason="staging the target pool")
+            rollout = self._stage(rollout)
+        elif rollout.state is RolloutState.STAGING:
+            # A crash interrupted staging: nothing got weight; start the staging over.
+            rollout = self._stage(rollout)
+        elif rollout.state is RolloutState.ROLLING_BACK:
+            self._finish_rollback(rollout)
+            return
+        if rollout.state in (RolloutState.STAGING, RolloutState.SHIFTING):
+            rollout = self._shift(rollout)
+        if rollout.state is RolloutState.BAKING:
+            self._bake_and_finish(rollout)
+
+    def _release_for_target(self, rollout: Rollout) -> dict[str, int]:
+        with self.db.transaction() as session:
+            release = rollout_store.pool_release(session, rollout.source_pool)
+        release[rollout.spec.model] = rollout.spec.version
+        return release
+
+    def _stage(self, rollout: Rollout) -> Rollout:
+        target = self.pools[rollout.target_pool]
+        release = self._release_for_target(rollout)
+        if rollout.spec.strategy is Strategy.INPLACE:
+            return self._stage_inplace(rollout, target)
+        with self.db.transaction() as session:
+            rollout_store.set_pool_release(session, target.name, release)
+            versions = {m: store.get_version(session, m, v) for m, v in release.items()}
+        try:
+            with target.lock:
+                for name in target.repository.live_models():
+                    if name not in release:
+                        uninstall(target, name)
+                for name, version in versions.items():
+                    if target.repository.matches(version, self.blobs) and target.triton.is_model_ready(
+                        name, version.number
+                    ):
+                        target.triton.smoke_test(name, version.number, version.signature)
+                        continue
+                    install(
+                        target, version, self.blobs, previous=None, load_timeout=self.settings.load_timeout
+                    )
+            self._wait_pool_up(target.name)
+        except _STAGING_ERRORS as exc:
+            self._fail_staging(rollout, exc)
+            raise _RolledBack from exc
+        return rollout
+
+    def _stage_inplace(self, rollout: Rollout, pool: Pool) -> Rollout:
+        with self.db.transaction() as session:
+            version = store.get_version(session, rollout.spec.model, rollout.spec.version)
+        try:
+            with pool.lock:
+                install(
+                    pool,
+                    version,
+                    self.blobs,
+                    previous=rollout.from_version,
+                    load_timeout=self.settings.load_timeout,
+                )
+        except _STAGING_ERRORS as exc:
+            self._fail_staging(rollout, exc)
+            raise _RolledBack from exc
+        with self.db.transaction() as session:
+            rollout_store.set_pool_release(session, pool.name, self._release_for_target(rollout))
+        return rollout
+
+    def _fail_staging(self, rollout: Rollout, exc: ControlPlaneError) -> None:
+        log.warning("rollout %s: staging failed: %s", rollout.id, exc.message)
+        if rollout.spec.strategy is not Strategy.INPLACE:
+            self._clean_target(rollout)
+        with self.db.transaction() as session:
+            store.set_version_state(
+                session,
+                model=rollout.spec.model,
+                number=rollout.spec.version,
+                state=VersionState.FAILED,
+                error=exc.message,
+            )
+        self._move(rollout, RolloutState.FAILED, reason=f"staging failed: {exc.message}")
+
+    def _clean_target(self, rollout: Rollout) -> None:
+        """Empty the target pool (weight 0): desired release first, then Triton and folders."""
+        target = self.pools[rollout.target_pool]
+        with self.db.transaction() as session:
+            rollout_store.set_pool_release(session, target.name, {})
+        with target.lock:
+            for name in target.repository.live_models():
+                try:
+                    uninstall(target, name)
+                except TritonUnavailable as exc:
+                    log.warning("rollout %s: cleaning %s: %s", rollout.id, target.name, exc)
+
+    def _wait_pool_up(self, pool: str) -> None:
+        deadline = self.clock() + self.settings.pool_up_timeout
+        while not self.router.pool_up(pool):
+            if self.clock() > deadline:
+                raise TritonUnavailable(f"pool {pool} not passing the proxy's health check")
+            time.sleep(self.settings.poll_interval)
+
+    def _action(self, rollout_id: int) -> RequestedAction | None:
+        return self._get(rollout_id).requested_action
+
+    def _wait(self, rollout: Rollout, seconds: float) -> RequestedAction | None:
+        """Sleep ``seconds`` unless an operator asks for something (or the engine stops)."""
+        deadline = self.clock() + seconds
+        while True:
+            action = self._action(rollout.id)
+            if action is not None:
+                return action
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return None
+            if self._stopping.wait(min(self.settings.poll_interval, remaining)):
+                raise _RolledBack("engine stopping")
+
+    def _shift(self, rollout: Rollout) -> Rollout:
+        spec = rollout.spec
+        if spec.strategy is Strategy.INPLACE:
+            return self._move(
+                rollout, RolloutState.BAKING, reason="new version serving in place", weights=None
+            )
+        start = 0 if rollout.state is RolloutState.STAGING else (rollout.step_index or 0)
+        models = sorted(self._release_for_target(rollout))
+        index = start
+        while index < len(spec.steps):
+            action = self._action(rollout.id)
+            if action is RequestedAction.ABORT:
+                self._rollback(rollout, "aborted by an operator")
+            if action is RequestedAction.PROMOTE:
+                index = len(spec.steps) - 1
+            percent = spec.steps[index]
+            weights = split_weights(percent, source=rollout.source_pool, target=rollout.target_pool)
+            if rollout.state is not RolloutState.SHIFTING or rollout.step_index != index:
+                rollout = self._move(
+                    rollout,
+                    RolloutState.SHIFTING,
+                    reason=f"step {index + 1}/{len(spec.steps)}: {percent}% to {rollout.target_pool}",
+                    step_index=index,
+                    weights=weights,
+                )
+            self.router.set_weights(weights)
+            if action is not RequestedAction.PROMOTE and spec.step_seconds > 0:
+                before = self.sampler(rollout.target_pool, models)
+                interrupted = self._wait(rollout, spec.step_seconds)
+                after = self.sampler(rollout.target_pool, models)
+                verdict = evaluate(measure(before, after), spec.gates)
+                with self.db.transaction() as session:
+                    rollout_store.record_measurement(
+                        session,
+                        rollout.id,
+                        reason="analysis passed" if verdict.passed else "; ".join(verdict.breaches),
+                        weights=weights,
+                        measurements={**verdict.measurement.as_dict(), "passed": verdict.passed},
+                    )
+                if not verdict.passed:
+                    self._rollback(rollout, "gate breached: " + "; ".join(verdict.breaches), failed=True)
+                if interrupted is RequestedAction.ABORT:
+                    self._rollback(rollout, "aborted by an operator")
+                if interrupted is RequestedAction.PROMOTE:
+                    index = len(spec.steps) - 1
+                    continue
+            index += 1
+        return self._move(
+            rollout,
+            RolloutState.BAKING,
+            reason=f"{rollout.target_pool} has all traffic; {rollout.source_pool} drains and stays warm",
+            weights=split_weights(100, source=rollout.source_pool, target=rollout.target_pool),
+        )
+
+    def _bake_and_finish(self, rollout: Rollout) -> None:
+        weights = split_weights(100, source=rollout.source_pool, target=rollout.target_pool)
+        if rollout.spec.strategy is not Strategy.INPLACE:
+            self.router.set_weights(weights)
+            try:
+                self.router.wait_idle(rollout.source_pool, self.settings.drain_timeout)
+            except ProxyError as exc:
+                log.warning("rollout %s: %s did not drain: %s", rollout.id, rollout.source_pool, exc)
+        action = self._wait(rollout, rollout.spec.bake_seconds)
+        if action is RequestedAction.ABORT:
+            self._rollback(rollout, "aborted by an operator during bake")
+        with self.db.transaction() as session:
+            decision, _ = rollout_store.transition(
+                session,
+                rollout.id,
+                RolloutState.SUCCEEDED,
+                reason="promoted",
+                weights=weights if rollout.spec.strategy is not Strategy.INPLACE else None,
+            )
+            if not decision.accepted:
+                raise Conflict(f"rollout {rollout.id}: {decision.reason}", code="invalid_transition")
+            store.set_version_state(
+                session, model=rollout.spec.model, number=rollout.spec.version, state=VersionState.SERVING
+            )
+            if rollout.from_version is not None and rollout.from_version != rollout.spec.version:
+                store.set_version_state(
+                    session, model=rollout.spec.model, number=rollout.from_version, state=VersionState.RETIRED
+                )
+            if rollout.spec.strategy is not Strategy.INPLACE:
+                rollout_store.set_pool_release(session, rollout.source_pool, {})
+        if rollout.spec.strategy is not Strategy.INPLACE:
+            source = self.pools[rollout.source_pool]
+            with source.lock:
+                for name in source.repository.live_models():
+                    uninstall(source, name)
+
+    def _rollback(self, rollout: Rollout, reason: str, *, failed: bool = False) -> None:
+        """Move all traffic back to the source pool, then clean the target. Leaves via _RolledBack."""
+        current = self._get(rollout.id)
+        if current.state is not RolloutState.ROLLING_BACK:
+            weights = (
+                None
+                if rollout.spec.strategy is Strategy.INPLACE
+                else split_weights(0, source=rollout.source_pool, target=rollout.target_pool)
+            )
+            current = self._move(current, RolloutState.ROLLING_BACK, reason=reason, weights=weights)
+        if failed:
+            with self.db.transaction() as session:
+                store.set_version_state(
+                    session,
+                    model=rollout.spec.model,
+                    number=rollout.spec.version,
+                    state=VersionState.FAILED,
+                    error=reason,
+                )
+        self._finish_rollback(current)
+        raise _RolledBack(reason)
+
+    def _finish_rollback(self, rollout: Rollout) -> None:
+        if rollout.spec.strategy is Strategy.INPLACE:
+            self._rollback_inplace(rollout)
+        else:
+            self.router.set_weights(split_weights(0, source=rollout.source_pool, target=rollout.target_pool))
+            try:
+                self.router.wait_idle(rollout.target_pool, self.settings.drain_timeout)
+            except ProxyError as exc:
+                log.warning("rollout %s: %s did not drain: %s", rollout.id, rollout.target_pool, exc)
+            self._clean_target(rollout)
+        self._move(rollout, RolloutState.ROLLED_BACK, reason=f"rolled back: {rollout.reason}")
+
+    def _rollback_inplace(self, rollout: Rollout) -> None:
+        if rollout.from_version is None:
+            return
+        pool = self.pools[rollout.source_pool]
+        with self.db.transaction() as session:
+            previous = store.get_version(session, rollout.spec.model, rollout.from_version)
+            release = rollout_store.pool_release(session, pool.name)
+            release[rollout.spec.model] = previous.number
+            rollout_store.set_pool_release(session, pool.name, release)
+        with pool.lock:
+            install(pool, previous, self.blobs, previous=None, load_timeout=self.settings.load_timeout)

@@ -1,0 +1,285 @@
+"""``runtime.json``: what the local runtime chose once and must choose the same way after a restart.
+
+The file lives in the state directory and remembers, per pool, the Triton
+ports, the shm prefix and the initial HAProxy weight, plus the proxy's bind
+address. It is what lets a restarted control plane recognise (and adopt) the
+tritonserver and haproxy processes a killed one left running, and lets
+clients keep using the same ports::
+
+    {
+      "format": 1,
+      "proxy": {"host": "127.0.0.1", "grpc_port": 8001, "http_port": 8002},
+      "pools": {
+        "blue":  {"http_port": 40001, "grpc_port": 40002, "metrics_port": 40003,
+                  "shm_prefix": "cp1a2b3c4d_blue_", "initial_weight": 1},
+        "green": {"http_port": 40004, "grpc_port": 40005, "metrics_port": 40006,
+                  "shm_prefix": "cp1a2b3c4d_green_", "initial_weight": 0}
+      }
+    }
+
+Invariants:
+
+* Written only whole: a temporary file in the same directory, fsync, then
+  ``os.replace``; a reader sees the old or the new content, never a mix.
+* A pool's entry, once written, changes only when the caller asks for it
+  (``ports_base`` set to other ports, or explicit ``initial_weights``);
+  entries of pools a run did not ask for are kept, so their ports stay
+  reserved for when they come back.
+* No two pools share a port, and no pool's shm prefix is a prefix of another
+  pool's (orphan cleanup matches by prefix).
+
+Concurrency: only the one ``LocalStack`` holding the state directory's lock
+writes it; planning (``plan_runtime``) is pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from controlplane.triton.server_command import validate_shm_prefix
+
+FORMAT = 1
+FILE_NAME = "runtime.json"
+DEFAULT_WEIGHT = 1
+MAX_WEIGHT = 256
+
+
+class RuntimeStateError(ValueError):
+    """``runtime.json`` exists but cannot be used (malformed, unknown format, inconsistent)."""
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """What is remembered of one pool."""
+
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    shm_prefix: str
+    initial_weight: int = DEFAULT_WEIGHT
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        """(http, grpc, metrics)."""
+        return (self.http_port, self.grpc_port, self.metrics_port)
+
+
+@dataclass(frozen=True)
+class ProxyState:
+    """Where the proxy listens (recorded for operators; the rendered config is what adoption compares)."""
+
+    host: str
+    grpc_port: int
+    http_port: int
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """The whole content of ``runtime.json``."""
+
+    pools: Mapping[str, PoolState] = field(default_factory=dict)
+    proxy: ProxyState | None = None
+
+    def to_json(self) -> str:
+        """Serialise (stable key order, so an unchanged state writes identical bytes)."""
+        doc: dict[str, object] = {
+            "format": FORMAT,
+            "proxy": None if self.proxy is None else dataclasses.asdict(self.proxy),
+            "pools": {name: dataclasses.asdict(p) for name, p in sorted(self.pools.items())},
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RuntimeState:
+        """Parse and check; RuntimeStateError naming the problem."""
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RuntimeStateError(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise RuntimeStateError(f"unknown format {doc.get('format') if isinstance(doc, dict) else doc!r}")
+        try:
+            pools = {
+                str(name): PoolState(
+                    http_port=_port(entry["http_port"]),
+                    grpc_port=_port(entry["grpc_port"]),
+                    metrics_port=_port(entry["metrics_port"]),
+                    shm_prefix=validate_shm_prefix(str(entry["shm_prefix"])),
+                    initial_weight=_weight(entry.get("initial_weight", DEFAULT_WEIGHT)),
+                )
+                for name, entry in dict(doc.get("pools") or {}).items()
+            }
+            proxy_doc = doc.get("proxy")
+            proxy = (
+                None
+                if proxy_doc is None
+                else ProxyState(
+                    host=str(proxy_doc["host"]),
+                    grpc_port=_port(proxy_doc["grpc_port"]),
+                    http_port=_port(proxy_doc["http_port"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RuntimeStateError(f"bad entry: {exc!r}") from None
+        state = cls(pools=pools, proxy=proxy)
+        check_consistent(state.pools)
+        return state
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"port out of range: {value!r}")
+    return value
+
+
+def _weight(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
+        raise ValueError(f"weight must be an integer in 0..{MAX_WEIGHT}, got {value!r}")
+    return value
+
+
+def check_consistent(pools: Mapping[str, PoolState]) -> None:
+    """RuntimeStateError if two pools share a port or one shm prefix starts another."""
+    seen: dict[int, str] = {}
+    for name, pool in pools.items():
+        for port in pool.ports:
+            if port in seen:
+                raise RuntimeStateError(f"port {port} is used by pools {seen[port]} and {name}")
+            seen[port] = name
+    prefixes = sorted((p.shm_prefix, name) for name, p in pools.items())
+    for (a, name_a), (b, name_b) in itertools.pairwise(prefixes):
+        if b.startswith(a):
+            raise RuntimeStateError(f"shm prefix of pool {name_a} ({a}) is a prefix of pool {name_b}'s ({b})")
+
+
+def load_state(path: Path) -> RuntimeState | None:
+    """The state in ``path``, None when the file does not exist; RuntimeStateError when unusable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return RuntimeState.from_json(text)
+    except RuntimeStateError as exc:
+        raise RuntimeStateError(f"{path}: {exc}") from None
+
+
+def save_state(path: Path, state: RuntimeState) -> None:
+    """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(state.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    # The rename itself is durable only once the directory is synced.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def state_tag(state_dir: Path) -> str:
+    """Short stable tag of a state directory: tells this directory's processes from others'."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+
+
+def shm_prefix_for(tag: str, pool: str, taken: Iterable[str]) -> str:
+    """``cp<tag>_<pool>_``, or a hashed form if that would clash by prefix with one in ``taken``.
+
+    (Pool "a" and pool "a_b" would give ``cpT_a_`` and ``cpT_a_b_``: cleaning
+    up after "a" would kill the stubs of "a_b".)
+    """
+    taken = list(taken)
+    readable = f"cp{tag}_{pool}_"
+    if len(readable) <= 64 and not any(t.startswith(readable) or readable.startswith(t) for t in taken):
+        return validate_shm_prefix(readable)
+    digest = hashlib.sha256(pool.encode()).hexdigest()
+    for size in range(8, 65, 4):
+        hashed = f"cp{tag}_h{digest[:size]}_"
+        if not any(t.startswith(hashed) or hashed.startswith(t) for t in taken):
+            return validate_shm_prefix(hashed)
+    raise RuntimeStateError(f"no free shm prefix for pool {pool}")
+
+
+def plan_runtime(
+    previous: RuntimeState | None,
+    *,
+    pool_names: tuple[str, ...],
+    tag: str,
+    proxy: ProxyState,
+    ports_base: int = 0,
+    initial_weights: Mapping[str, int] | None = None,
+    recovered: Mapping[str, PoolState] | None = None,
+    free_ports: Callable[[int, frozenset[int]], list[int]],
+) -> RuntimeState:
+    """The state to run with: ``previous`` kept where possible, the rest filled in (pure).
+
+    Per requested pool, ports come from (first that applies): ``ports_base``
+    (``ports_base + 3*i .. +2`` for the i-th pool: an explicit setting wins),
+    the previous entry, ``recovered`` (read from a live process of ours whose
+    entry was lost), or ``free_ports(n, exclude)``. The shm prefix is kept
+    from the previous (or recovered) entry. The initial weight is
+    ``initial_weights[pool]`` when given, else the previous one, else 1, so a
+    caller that never passes weights renders the same proxy config on every
+    start.
+    """
+    previous = previous or RuntimeState()
+    recovered = recovered or {}
+    if initial_weights is not None:
+        unknown = sorted(set(initial_weights) - set(pool_names))
+        if unknown:
+            raise ValueError(f"initial_weights names unknown pools: {unknown}")
+        for weight in initial_weights.values():
+            _weight(weight)
+    pools: dict[str, PoolState] = {n: p for n, p in previous.pools.items() if n not in pool_names}
+    chosen: dict[str, PoolState | None] = {}
+    for i, name in enumerate(pool_names):
+        entry = previous.pools.get(name) or recovered.get(name)
+        if ports_base:
+            http, grpc, metrics = ports_base + 3 * i, ports_base + 3 * i + 1, ports_base + 3 * i + 2
+            if entry is None or entry.ports != (http, grpc, metrics):
+                entry = PoolState(
+                    http_port=http,
+                    grpc_port=grpc,
+                    metrics_port=metrics,
+                    shm_prefix=entry.shm_prefix if entry else "",
+                    initial_weight=entry.initial_weight if entry else DEFAULT_WEIGHT,
+                )
+        chosen[name] = entry
+    in_use = {port for p in [*pools.values(), *chosen.values()] if p is not None for port in p.ports}
+    missing = [name for name, entry in chosen.items() if entry is None]
+    fresh = iter(free_ports(3 * len(missing), frozenset(in_use)) if missing else [])
+    for name in missing:
+        chosen[name] = PoolState(
+            http_port=next(fresh), grpc_port=next(fresh), metrics_port=next(fresh), shm_prefix=""
+        )
+    prefixes = [p.shm_prefix for p in [*pools.values(), *chosen.values()] if p is not None and p.shm_prefix]
+    for name in pool_names:
+        entry = chosen[name]
+        assert entry is not None
+        if not entry.shm_prefix:
+            prefix = shm_prefix_for(tag, name, prefixes)
+            prefixes.append(prefix)
+            entry = replace(entry, shm_prefix=prefix)
+        if initial_weights is not None and name in initial_weights:
+            entry = replace(entry, initial_weight=initial_weights[name])
+        pools[name] = entry
+    check_consistent(pools)
+    return RuntimeState(pools=pools, proxy=proxy)

@@ -1,0 +1,73 @@
+"""Builds the services (registry, pools, engine, reconciler) around a running local stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.artifacts.archive import ArchiveLimits
+from controlplane.artifacts.blobs import BlobStore
+from controlplane.pools import Pool
+from controlplane.registry import rollout_store
+from controlplane.registry.db import Database
+from controlplane.rollout.engine import EngineSettings, RolloutEngine
+from controlplane.rollout.reconciler import Reconciler
+from controlplane.rollout.sampling import PoolSampler
+from controlplane.runtime.local import LocalStack
+from controlplane.service import ControlPlane
+from controlplane.settings import Settings
+from controlplane.traffic.router import HAProxyRouter
+from controlplane.triton.client import TritonClient
+from controlplane.triton.metrics import TritonMetricsClient
+
+
+@dataclass
+class Services:
+    cp: ControlPlane
+    engine: RolloutEngine
+    router: HAProxyRouter
+    reconciler: Reconciler
+
+
+def ensure_pool_rows(db: Database, pool_names: tuple[str, ...]) -> dict[str, int]:
+    """Create the pools' rows if missing; return their desired weights."""
+    with db.transaction() as session:
+        rollout_store.ensure_pools(session, pool_names)
+        return rollout_store.pool_weights(session)
+
+
+def build_services(settings: Settings, db: Database, stack: LocalStack) -> Services:
+    """Wire the service layer, the rollout engine and the reconciler to ``stack``."""
+    pools = {
+        name: Pool(name=name, repository=p.repository, triton=TritonClient(p.grpc_url))
+        for name, p in stack.pools.items()
+    }
+    blobs = BlobStore(settings.artifacts_dir)
+    cp = ControlPlane(
+        db=db,
+        blobs=blobs,
+        uploads_dir=settings.uploads_dir,
+        pools=pools,
+        default_pool=next(iter(stack.pools)),
+        limits=ArchiveLimits(
+            max_total_bytes=settings.max_unpacked_bytes,
+            max_file_bytes=settings.max_file_bytes,
+            max_members=settings.max_archive_members,
+        ),
+        load_timeout=settings.load_timeout_seconds,
+    )
+    router = HAProxyRouter(stack.runtime)
+    sampler = PoolSampler(
+        stack.runtime,
+        {name: TritonMetricsClient(f"http://127.0.0.1:{p.metrics_port}") for name, p in stack.pools.items()},
+    )
+    engine = RolloutEngine(
+        db=db,
+        pools=pools,
+        blobs=blobs,
+        router=router,
+        sampler=sampler,
+        settings=EngineSettings(load_timeout=settings.load_timeout_seconds),
+    )
+    return Services(
+        cp=cp, engine=engine, router=router, reconciler=Reconciler(cp=cp, engine=engine, router=router)
+    )

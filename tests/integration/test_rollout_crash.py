@@ -1,0 +1,155 @@
+"""Crashes during rollouts, with ``controlplane up`` as a real process and clients on the proxy.
+
+- kill -9 of the control plane in the middle of a rollout, then a restart:
+  the rollout converges and the clients see no failure (Triton and HAProxy
+  keep running and are adopted by the new process);
+- kill -9 of the Triton that serves: a bounded number of failures, then the
+  supervisor restarts it and the reconciler reloads its models.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from stack import Stack, start_stack
+from triton_helpers import load_examples_module
+
+pytestmark = pytest.mark.integration
+
+examples = load_examples_module()
+DATA = np.full((1, 16), 0.25, dtype=np.float32)
+
+
+class Clients:
+    """Threads sending requests through the proxy and counting outcomes."""
+
+    def __init__(self, url: str, threads: int = 8) -> None:
+        self.url = url
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        client = grpcclient.InferenceServerClient(self.url)
+        tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+        tensor.set_data_from_numpy(DATA)
+        while not self._stop.is_set():
+            try:
+                client.infer("mlp", [tensor])
+            except Exception as exc:  # noqa: BLE001 - counted and asserted on
+                with self._lock:
+                    self.failures.append(str(exc)[:200])
+                continue
+            with self._lock:
+                self.ok += 1
+        client.close()
+
+    def __enter__(self) -> Clients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def _wait_state(stack: Stack, rollout_id: int, states: set[str], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    with stack.client() as client:
+        while True:
+            body = client.get(f"/v1/rollouts/{rollout_id}").json()
+            if body["state"] in states:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rollout {rollout_id} still {body['state']} after {timeout} s")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def deployed(tmp_path: Path) -> Iterator[Stack]:
+    folders = [examples.build_mlp(tmp_path / f"v{seed}", seed=seed) for seed in (1, 2)]
+    stack = start_stack(tmp_path / "state")
+    try:
+        for folder in folders:
+            assert stack.push(folder, "mlp").status_code == 201
+        with stack.client() as client:
+            assert client.post("/v1/models/mlp/versions/1/deploy").status_code == 200
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_a_control_plane_killed_mid_rollout_converges_after_restart_and_no_request_fails(
+    deployed: Stack, tmp_path: Path
+) -> None:
+    stack = deployed
+    with Clients(stack.grpc_url) as clients:
+        with stack.client() as client:
+            created = client.post(
+                "/v1/rollouts",
+                json={
+                    "model": "mlp",
+                    "version": 2,
+                    "strategy": "canary",
+                    "steps": [20, 50, 100],
+                    "step_seconds": 3,
+                    "bake_seconds": 1,
+                    "gates": {"max_error_rate": 0.01},
+                },
+            )
+        assert created.status_code == 202, created.text
+        rollout_id = created.json()["id"]
+        _wait_state(stack, rollout_id, {"shifting"}, 60)
+        time.sleep(1.0)
+        stack.kill()
+        time.sleep(2.0)  # traffic keeps flowing with nobody in control
+        restarted = start_stack(stack.state_dir, ports=stack.ports)
+        stack.process = restarted.process
+        stack.log_path = restarted.log_path
+        final = _wait_state(stack, rollout_id, {"succeeded", "rolled_back", "failed"}, 120)
+        time.sleep(0.5)
+    assert final["state"] in ("succeeded", "rolled_back"), final["reason"]
+    assert clients.failures == [], clients.failures[:5]
+    assert clients.ok > 500
+    with stack.client() as client:
+        weights = client.get(f"/v1/rollouts/{rollout_id}").json()["live_weights"]
+        health = client.get("/healthz", params={"model": "mlp"})
+    assert health.status_code == 200
+    assert sorted(weights.values()) == [0, 100]
+    print(f"kill -9 mid-rollout: {final['state']}; {clients.ok} requests, 0 failed")
+
+
+def test_a_killed_serving_triton_costs_a_bounded_number_of_requests_and_comes_back(deployed: Stack) -> None:
+    stack = deployed
+    pid = int((stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text())
+    with Clients(stack.grpc_url) as clients:
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        with stack.client() as client:
+            while (
+                client.get("/healthz", params={"model": "mlp"}).status_code != 200
+                or time.monotonic() - start < 1
+            ):
+                assert time.monotonic() - start < 60, stack.log()[-2000:]
+                time.sleep(0.1)
+        recovered = time.monotonic() - start
+        before = len(clients.failures)
+        time.sleep(2.0)
+    assert len(clients.failures) == before, "no failure once the model is READY again"
+    assert clients.ok > 0
+    total = clients.ok + len(clients.failures)
+    failed = len(clients.failures)
+    print(f"kill -9 of the serving Triton: {failed} failed of {total}, ready after {recovered:.1f} s")

@@ -1,0 +1,238 @@
+"""Rollouts across two real Triton pools behind a real HAProxy, driven in-process.
+
+Clients are plain tritonclient gRPC clients on the proxy port. The engine,
+registry (SQLite) and pools are the same objects ``controlplane up`` wires.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from triton_helpers import load_examples_module
+
+from controlplane.artifacts.archive import pack_directory
+from controlplane.domain.analysis import Gates
+from controlplane.domain.models import VersionMetadata
+from controlplane.domain.rollouts import RolloutSpec, RolloutState, Strategy
+from controlplane.errors import Conflict
+from controlplane.registry import store
+from controlplane.registry.db import Database
+from controlplane.runtime.local import LocalStack
+from controlplane.runtime.ports import free_ports
+from controlplane.runtime.wiring import Services, build_services, ensure_pool_rows
+from controlplane.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+examples = load_examples_module()
+FIXED_INPUT = np.full((1, 16), 0.25, dtype=np.float32)
+
+
+@dataclass
+class Env:
+    services: Services
+    stack: LocalStack
+    grpc_url: str
+    outputs: dict[str, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("rollouts")
+    api_port, grpc_port, http_port = free_ports(3)
+    settings = Settings(state_dir=root / "state", api_port=api_port, grpc_port=grpc_port, http_port=http_port)
+    db = Database(settings.effective_database_url)
+    db.upgrade()
+    weights = ensure_pool_rows(db, ("blue", "green"))
+    stack = LocalStack(
+        settings.state_dir,
+        host="127.0.0.1",
+        grpc_port=grpc_port,
+        http_port=http_port,
+        pool_names=("blue", "green"),
+    )
+    stack.start()
+    try:
+        services = build_services(settings, db, stack)
+        services.router.set_weights(weights)
+        folders = {
+            "v1": examples.build_mlp(root / "v1", seed=1),
+            "v2": examples.build_mlp(root / "v2", seed=2),
+            "flaky": examples.build_flaky(root / "flaky"),
+            "faulty": examples.build_faulty(root / "faulty", "mlp"),
+        }
+        for name in ("v1", "v2", "flaky", "faulty"):
+            archive = pack_directory(folders[name], root / f"{name}.tar.gz")
+            services.cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
+        services.cp.deploy("mlp", 1)
+        outputs = {
+            name: examples.reference_outputs(folders[name], {"INPUT0": FIXED_INPUT})["OUTPUT0"]
+            for name in ("v1", "v2")
+        }
+        yield Env(services, stack, f"127.0.0.1:{grpc_port}", outputs)
+    finally:
+        services.engine.stop()
+        stack.stop()
+        db.dispose()
+
+
+@dataclass
+class Load:
+    """Client threads sending requests through the proxy, recording what answered when."""
+
+    url: str
+    outputs: dict[str, np.ndarray]
+    threads: int = 8
+    random_inputs: bool = False
+    answers: list[tuple[datetime, str]] = field(default_factory=list)
+    failures: list[tuple[datetime, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _loop(self, seed: int) -> None:
+        client = grpcclient.InferenceServerClient(self.url)
+        rng = np.random.default_rng(seed)
+        while not self._stop.is_set():
+            data = rng.standard_normal((1, 16)).astype(np.float32) if self.random_inputs else FIXED_INPUT
+            tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+            tensor.set_data_from_numpy(data)
+            try:
+                out = client.infer("mlp", [tensor]).as_numpy("OUTPUT0")
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and asserted on
+                with self._lock:
+                    self.failures.append((datetime.now(UTC), str(exc)))
+                continue
+            kind = next((k for k, v in self.outputs.items() if np.allclose(out, v, rtol=1e-5)), "other")
+            with self._lock:
+                self.answers.append((datetime.now(UTC), kind))
+        client.close()
+
+    def __enter__(self) -> Load:
+        self._workers = [threading.Thread(target=self._loop, args=(i,)) for i in range(self.threads)]
+        for w in self._workers:
+            w.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for w in self._workers:
+            w.join()
+
+    def kinds_between(self, start: datetime, end: datetime) -> set[str]:
+        with self._lock:
+            return {k for at, k in self.answers if start <= at <= end}
+
+
+def _spec(version: int, strategy: Strategy, steps: tuple[int, ...], **kw: object) -> RolloutSpec:
+    return RolloutSpec(
+        model="mlp",
+        version=version,
+        strategy=strategy,
+        steps=steps,
+        step_seconds=float(kw.get("step_seconds", 1.0)),  # type: ignore[arg-type]
+        bake_seconds=float(kw.get("bake_seconds", 0.5)),  # type: ignore[arg-type]
+        gates=kw.get("gates", Gates(max_error_rate=0.01, min_requests=10)),  # type: ignore[arg-type]
+    ).validate()
+
+
+def _event_time(rollout, state: RolloutState) -> datetime:  # type: ignore[no-untyped-def]
+    return next(e.at for e in rollout.events if e.to_state == state.value)
+
+
+def test_promote_rollback_and_promote_again_under_load_fail_no_request(env: Env) -> None:
+    engine = env.services.engine
+    with Load(env.grpc_url, env.outputs) as load:
+        first = engine.start(_spec(2, Strategy.CANARY, (25, 100)), actor="test")
+        first = engine.wait(first.id, 120)
+        assert first.state is RolloutState.SUCCEEDED, first.reason
+        back = engine.rollback_model("mlp", actor="test")
+        back = engine.wait(back.id, 120)
+        assert back.state is RolloutState.SUCCEEDED, back.reason
+        assert back.spec.version == 1
+        again = engine.start(_spec(2, Strategy.BLUEGREEN, (100,)), actor="test")
+        again = engine.wait(again.id, 120)
+        assert again.state is RolloutState.SUCCEEDED, again.reason
+        time.sleep(0.5)
+    assert load.failures == []
+    assert len(load.answers) > 200
+    print(f"promote, rollback, promote: {len(load.answers)} requests, 0 failed")
+    slack = 0.5
+
+    def window(a: datetime, b: datetime) -> set[str]:
+        return load.kinds_between(a + timedelta(seconds=slack), b - timedelta(seconds=slack))
+
+    first_shift = _event_time(first, RolloutState.SHIFTING)
+    assert window(load.answers[0][0] - timedelta(seconds=slack), first_shift) == {"v1"}
+    assert window(_event_time(first, RolloutState.BAKING), _event_time(back, RolloutState.SHIFTING)) == {"v2"}
+    assert window(_event_time(back, RolloutState.BAKING), _event_time(again, RolloutState.SHIFTING)) == {"v1"}
+    assert window(_event_time(again, RolloutState.BAKING), load.answers[-1][0]) == {"v2"}
+    assert "other" not in {k for _at, k in load.answers}
+
+
+def test_a_canary_that_fails_requests_is_rolled_back_by_its_gate_before_full_traffic(env: Env) -> None:
+    engine = env.services.engine
+    live_before = engine.router.weights()
+    with Load(env.grpc_url, env.outputs, random_inputs=True) as load:
+        rollout = engine.start(
+            _spec(
+                3,
+                Strategy.CANARY,
+                (20, 50, 100),
+                step_seconds=2.0,
+                gates=Gates(max_error_rate=0.05, min_requests=10),
+            ),
+            actor="test",
+        )
+        rollout = engine.wait(rollout.id, 120)
+        time.sleep(0.5)
+        rolled_back_at = _event_time(rollout, RolloutState.ROLLED_BACK)
+    assert rollout.state is RolloutState.ROLLED_BACK
+    assert rollout.step_index is not None and rollout.spec.steps[rollout.step_index] < 100
+    breach = next(e for e in rollout.events if e.to_state == RolloutState.ROLLING_BACK.value)
+    assert "error rate" in breach.reason
+    measured = [e.measurements for e in rollout.events if e.measurements]
+    assert measured and measured[-1]["passed"] is False
+    assert engine.router.weights() == live_before
+    assert load.failures, "the canary got traffic and failed some of it"
+    assert all(at <= rolled_back_at for at, _msg in load.failures), "no failure after the rollback"
+    print(f"canary: {len(load.failures)} failed of {len(load.failures) + len(load.answers)}; {breach.reason}")
+    with env.services.cp.db.transaction() as session:
+        assert store.get_version(session, "mlp", 3).state.value == "failed"
+
+
+def test_a_version_the_target_pool_cannot_load_fails_the_rollout_and_moves_no_traffic(env: Env) -> None:
+    engine = env.services.engine
+    before = engine.router.weights()
+    rollout = engine.wait(engine.start(_spec(4, Strategy.BLUEGREEN, (100,)), actor="test").id, 120)
+    assert rollout.state is RolloutState.FAILED
+    assert "staging failed" in rollout.reason and "mlp" in rollout.reason
+    assert engine.router.weights() == before
+    assert [e.to_state for e in rollout.events] == ["pending", "staging", "failed"]
+
+
+def test_two_rollouts_at_once_on_one_pool_pair_accept_exactly_one(env: Env) -> None:
+    engine = env.services.engine
+
+    def attempt(version: int) -> str:
+        try:
+            return f"accepted {engine.start(_spec(version, Strategy.BLUEGREEN, (100,)), actor='test').id}"
+        except Conflict as exc:
+            return f"conflict {exc.code}"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, [1, 1, 1, 1]))
+    accepted = [r for r in results if r.startswith("accepted")]
+    assert len(accepted) == 1, results
+    assert results.count("conflict rollout_in_progress") == 3
+    rollout_id = int(accepted[0].split()[1])
+    assert engine.wait(rollout_id, 120).state is RolloutState.SUCCEEDED
