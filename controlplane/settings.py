@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8002, ge=1, le=65535, description="Triton HTTP through the proxy.")
     pools: str = Field(default="blue,green", description="Comma-separated Triton pool names.")
     triton_ports_base: int = Field(
-        default=0, ge=0, le=65000, description="First port of the pools' own Triton ports; 0 picks free ones."
+        default=0,
+        ge=0,
+        le=65000,
+        description="First port of the pools' own Triton ports; 0: free ports, remembered in runtime.json.",
     )
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0)
     max_unpacked_bytes: int = Field(default=16 * 1024**3, gt=0, description="Sum of an archive's files.")

@@ -153,3 +153,52 @@ def test_a_killed_serving_triton_costs_a_bounded_number_of_requests_and_comes_ba
     total = clients.ok + len(clients.failures)
     failed = len(clients.failures)
     print(f"kill -9 of the serving Triton: {failed} failed of {total}, ready after {recovered:.1f} s")
+
+
+def test_the_cli_follows_a_rollout_and_a_rollback_and_refuses_bad_requests_in_one_line(
+    deployed: Stack,
+) -> None:
+    stack = deployed
+    started = stack.cli(
+        "rollout",
+        "start",
+        "mlp",
+        "2",
+        "--strategy",
+        "bluegreen",
+        "--step-seconds",
+        "0",
+        "--bake-seconds",
+        "0",
+    )
+    assert started.returncode == 0, started.stderr
+    lines = started.stdout.splitlines()
+    assert lines[0].startswith("rollout 1 mlp v2: ")
+    assert lines[-1] == "rollout 1 succeeded: promoted"
+    assert any("weights blue 0 / green 100" in line for line in lines)
+
+    back = stack.cli("rollback", "mlp")
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.splitlines()[-1] == "rollout 2 succeeded: promoted"
+    listing = stack.cli("rollout", "list").stdout.splitlines()
+    assert [line.split()[:3] for line in listing] == [["2", "mlp", "v1"], ["1", "mlp", "v2"]]
+
+    unknown = stack.cli("rollout", "start", "mlp", "9")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "error: model 'mlp' has no version 9 (version_not_found)"
+    bad_steps = stack.cli("rollout", "start", "mlp", "2", "--steps", "50,10,100")
+    assert bad_steps.returncode == 1
+    assert (
+        bad_steps.stderr.strip() == "error: steps must strictly increase, got [50, 10, 100] (invalid_rollout)"
+    )
+    with stack.client() as client:
+        malformed = client.post("/v1/rollouts", json={"model": "mlp", "version": "two"})
+        missing = client.get("/v1/rollouts/999")
+        finished = client.post("/v1/rollouts/1/abort")
+        bad_gate = client.post(
+            "/v1/rollouts", json={"model": "mlp", "version": 2, "gates": {"max_error_rate": 3}}
+        )
+    assert malformed.status_code == 422 and malformed.json()["error"]["code"] == "invalid_request"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "rollout_not_found"
+    assert finished.status_code == 409 and finished.json()["error"]["code"] == "rollout_finished"
+    assert bad_gate.status_code == 422
