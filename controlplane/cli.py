@@ -234,9 +234,10 @@ def _measurement_line(event: dict[str, Any]) -> str | None:
         return None
     p99 = m.get("p99_ms")
     latency = f", p99 {p99:.1f} ms" if isinstance(p99, int | float) else ""
-    verdict = "passed" if m.get("passed") else "BREACH"
-    counts = f"{m.get('errors', 0)} errors of {m['requests']} requests"
-    return f"  analysis {verdict}: {counts}{latency} ({event['reason']})"
+    counts = f"{m.get('errors', 0)} errors of {m['requests']} requests{latency}"
+    if m.get("passed"):
+        return f"  analysis passed: {counts}"
+    return f"  analysis BREACH: {counts}: {event['reason']}"
 
 
 def _follow(api: str, rollout_id: int, *, interval: float = 0.5) -> dict[str, Any]:

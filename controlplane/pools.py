@@ -33,6 +33,9 @@ class Pool:
     repository: PoolRepository
     triton: TritonClient
     lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while anything changes the pool's files or Triton (deploys, rollouts, reconciler passes)."""
+    deploy_claim: threading.Lock = field(default_factory=threading.Lock)
+    """Held for a whole deploy, so that a second one is refused rather than queued."""
 
 
 def install(

@@ -156,12 +156,14 @@ class ControlPlane:
 
     @contextmanager
     def _exclusive(self, pool: Pool) -> Iterator[None]:
-        if not pool.lock.acquire(blocking=False):
+        """One deploy per pool (a second gets Conflict); waits out a reconciler pass holding the pool."""
+        if not pool.deploy_claim.acquire(blocking=False):
             raise Conflict(f"another deploy is running on pool {pool.name!r}", code="deploy_in_progress")
         try:
-            yield
+            with pool.lock:
+                yield
         finally:
-            pool.lock.release()
+            pool.deploy_claim.release()
 
     def deploy(
         self, model: str, number: int, *, pool: str | None = None, actor: str = "anonymous"

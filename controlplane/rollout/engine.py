@@ -98,6 +98,12 @@ class RolloutEngine:
 
     def start(self, spec: RolloutSpec, *, actor: str) -> Rollout:
         """Record a rollout and start its worker; Conflict if one is running on the pool pair."""
+        busy = [p.name for p in self.pools.values() if p.deploy_claim.locked()]
+        if busy:
+            raise Conflict(
+                f"a deploy is running on pool {busy[0]!r}; start the rollout when it has ended",
+                code="deploy_in_progress",
+            )
         with self.db.transaction() as session:
             store.get_version(session, spec.model, spec.version)
             source = rollout_store.live_pool(session)
@@ -253,6 +259,8 @@ class RolloutEngine:
                 rollout = self._get(rollout_id)
                 if rollout.active and rollout.state is not RolloutState.ROLLING_BACK:
                     self._rollback(rollout, "internal error; see the control plane log")
+            except _RolledBack:
+                pass
             except Exception:
                 log.exception("rollout %s: rollback after an internal error failed", rollout_id)
 
@@ -377,9 +385,10 @@ class RolloutEngine:
     def _shift(self, rollout: Rollout) -> Rollout:
         spec = rollout.spec
         if spec.strategy is Strategy.INPLACE:
-            return self._move(
-                rollout, RolloutState.BAKING, reason="new version serving in place", weights=None
-            )
+            # One pool: the swap itself is the only step; weights do not change.
+            if rollout.state is not RolloutState.SHIFTING:
+                rollout = self._move(rollout, RolloutState.SHIFTING, reason="swapped in place", step_index=0)
+            return self._move(rollout, RolloutState.BAKING, reason="new version serving in place")
         start = 0 if rollout.state is RolloutState.STAGING else (rollout.step_index or 0)
         models = sorted(self._release_for_target(rollout))
         index = start

@@ -236,3 +236,19 @@ def test_two_rollouts_at_once_on_one_pool_pair_accept_exactly_one(env: Env) -> N
     assert results.count("conflict rollout_in_progress") == 3
     rollout_id = int(accepted[0].split()[1])
     assert engine.wait(rollout_id, 120).state is RolloutState.SUCCEEDED
+
+
+def test_an_inplace_rollout_swaps_the_version_on_the_live_pool_without_moving_weights(env: Env) -> None:
+    engine = env.services.engine
+    before = engine.router.weights()
+    with env.services.cp.db.transaction() as session:
+        serving = store.get_model(session, "mlp").deployments[0].version
+    target = 2 if serving == 1 else 1
+    with Load(env.grpc_url, env.outputs, threads=4) as load:
+        rollout = engine.wait(engine.start(_spec(target, Strategy.INPLACE, (100,)), actor="test").id, 120)
+        time.sleep(0.5)
+    assert rollout.state is RolloutState.SUCCEEDED, rollout.reason
+    assert rollout.source_pool == rollout.target_pool
+    assert engine.router.weights() == before
+    assert load.failures == []
+    assert load.answers[-1][1] == f"v{target}"
