@@ -1,7 +1,7 @@
 """A Triton pool as the services use it: its repository, its Triton, and one lock.
 
 ``install`` is the order of operations that loses no request on a pool that
-serves traffic (FACTS.md): build the folder aside, swap it in atomically,
+serves traffic (measured with Triton 2.51): build the folder aside, swap it in atomically,
 reload in Triton (the old version serves until the new one is READY),
 smoke-test, and only then report success. On failure the previous folder is
 swapped back and reloaded, so the repository and Triton keep agreeing.

@@ -3,7 +3,7 @@
 Concurrency: one deploy per pool at a time (a second gets Conflict, not a
 race); pushes run concurrently and the registry numbers them without races.
 
-Deploy order (what FACTS.md measured to lose no request on one pool):
+Deploy order (measured to lose no request on one pool):
 build the new folder aside, swap it in atomically, reload in Triton (the old
 version keeps serving until the new one is READY), smoke-test it, and only
 then record it as serving. On any failure the previous folder is swapped back

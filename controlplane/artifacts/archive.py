@@ -13,7 +13,7 @@ Invariants:
   3.11.7 the tar data filter strips a leading '/' instead of refusing, leaves
   earlier members behind after a refusal, has no size limits and is bypassable
   (CVE-2025-4517); zipfile silently rewrites ``../x`` to ``x`` and turns
-  symlinks into regular files (see /work/shared/FACTS.md).
+  symlinks into regular files (all seen on Python 3.11.7).
 
 Concurrency: each call works in its own temporary directory (mode 0o700 until
 it is complete), so concurrent extractions into one ``dest_parent`` do not

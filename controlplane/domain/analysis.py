@@ -6,7 +6,7 @@ and Triton's (per model: success, failure) plus Triton's recent p99 latency,
 into a :class:`PoolSample`. :func:`measure` turns two samples into what
 happened in between and :func:`evaluate` judges that against :class:`Gates`.
 
-Why both sources (measured with tritonserver 2.51, see FACTS.md and
+Why both sources (measured with tritonserver 2.51, see
 ``tests/unit/test_triton_metrics.py``):
 
 * Triton's failure counter misses most client-visible failures. Requests it

@@ -166,7 +166,7 @@ def _start_triton(
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join([str(TRITON_LIBS), *filter(None, [env.get("LD_LIBRARY_PATH")])])
     # The Python backend stub runs on the system libpython and finds numpy only
-    # through the virtual environment first on PATH (see FACTS.md).
+    # through the virtual environment first on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = sys.prefix
     log = workdir / f"triton-{name}.log"
