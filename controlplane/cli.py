@@ -41,6 +41,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _request(method: str, api: str, path: str, **kwargs: Any) -> Any:
+    token = os.environ.get("CONTROLPLANE_TOKEN")
+    if token:
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(base_url=api, timeout=httpx.Timeout(600.0, connect=5.0)) as client:
             response = client.request(method, path, **kwargs)
@@ -403,6 +406,98 @@ def db_current(database_url: DbUrl = None) -> None:
     typer.echo(f"{current or 'empty'} (code needs {head})")
     if current != head:
         raise typer.Exit(1)
+
+
+# -- API tokens (local: they act on the database, so the first admin token can be made) --------
+
+token_app = typer.Typer(help="API tokens (act on the database directly).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+StateDir = Annotated[
+    Path | None, typer.Option(help="State directory of the embedded stack [CONTROLPLANE_STATE_DIR].")
+]
+
+
+def _token_db(database_url: str | None, state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from controlplane.registry.db import Database
+    from controlplane.settings import Settings
+
+    settings = Settings(**({"state_dir": state_dir} if state_dir else {}))
+    db = Database(database_url or settings.effective_database_url)
+    try:
+        db.check_schema()
+    except Exception:
+        db.dispose()
+        raise
+    return db
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses the token (shown in the audit log).")],
+    role: Annotated[str, typer.Option(help="viewer, publisher, deployer or admin.")] = "viewer",
+    state_dir: StateDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Create a token and print it (once: only its hash is kept)."""
+    from controlplane.domain.auth import Role
+    from controlplane.errors import ControlPlaneError
+    from controlplane.registry import token_store
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        fail(f"role must be one of {', '.join(r.value for r in Role)}, got {role!r}")
+    try:
+        db = _token_db(database_url, state_dir)
+        with db.transaction() as session:
+            secret, _info = token_store.create_token(
+                session, name=name, role=chosen, created_by=f"cli:{os.environ.get('USER', 'unknown')}"
+            )
+        db.dispose()
+    except ControlPlaneError as exc:
+        fail(f"{exc.message} ({exc.code})")
+    typer.echo(secret)
+    typer.echo(f"token {name!r} ({chosen}); export CONTROLPLANE_TOKEN=<it> for the CLI", err=True)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="Token name.")],
+    state_dir: StateDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Revoke a token: it stops working at once."""
+    from controlplane.errors import ControlPlaneError
+    from controlplane.registry import token_store
+
+    try:
+        db = _token_db(database_url, state_dir)
+        with db.transaction() as session:
+            token_store.revoke_token(
+                session, name=name, revoked_by=f"cli:{os.environ.get('USER', 'unknown')}"
+            )
+        db.dispose()
+    except ControlPlaneError as exc:
+        fail(f"{exc.message} ({exc.code})")
+    typer.echo(f"token {name!r} revoked")
+
+
+@token_app.command("list")
+def token_list(state_dir: StateDir = None, database_url: DbUrl = None) -> None:
+    """Tokens with their roles (never the secrets)."""
+    from controlplane.errors import ControlPlaneError
+    from controlplane.registry import token_store
+
+    try:
+        db = _token_db(database_url, state_dir)
+        with db.transaction() as session:
+            tokens = token_store.list_tokens(session)
+        db.dispose()
+    except ControlPlaneError as exc:
+        fail(f"{exc.message} ({exc.code})")
+    for t in tokens:
+        status = "active" if t.active else f"revoked {t.revoked_at:%Y-%m-%d %H:%M}"
+        typer.echo(f"{t.name:<24} {t.role:<10} {status}")
 
 
 def main() -> None:

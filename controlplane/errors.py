@@ -100,3 +100,15 @@ class ArtifactCorrupted(ControlPlaneError):
 
 class UnsupportedMediaType(InvalidInput):
     code = "unsupported_media_type"
+
+
+class Unauthorized(ControlPlaneError):
+    """No token, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ControlPlaneError):
+    """A valid token whose role does not allow the action."""
+
+    code = "forbidden"

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=4 * 1024**3, gt=0)
     max_archive_members: int = Field(default=10_000, gt=0)
     load_timeout_seconds: float = Field(default=120.0, gt=0)
+    auth_required: bool = Field(default=True, description="Mutating endpoints need an API token.")
+    open_reads: bool = Field(default=False, description="Read endpoints answer without a token.")
     auto_migrate: bool = Field(default=True, description="`up` upgrades the schema before starting.")
 
     @field_validator("state_dir")

@@ -1,21 +1,21 @@
 """FastAPI application: registry, deploys, health and metrics. No business logic here."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Mapping
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from controlplane.api import schemas
+from controlplane.api.auth import Authenticator
 from controlplane.api.errors import error_body, install_error_handlers
 from controlplane.api.rollouts import rollouts_router
 from controlplane.artifacts.ingest import UploadSink
+from controlplane.domain.auth import Permission
 from controlplane.domain.models import VersionMetadata, validate_model_name
 from controlplane.errors import (
     ControlPlaneError,
@@ -69,6 +69,7 @@ def create_app(
     max_upload_bytes: int,
     readiness: ReadinessCheck | None = None,
     engine: RolloutEngine | None = None,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
     """Build the API around a ControlPlane."""
     app = FastAPI(
@@ -77,23 +78,27 @@ def create_app(
         description="Model registry, safe ingest and deploys for NVIDIA Triton Inference Server.",
     )
     install_error_handlers(app)
+    auth = auth or Authenticator(cp.db)
+    Reader = Annotated[str, Depends(auth.require(Permission.READ))]
+    Publisher = Annotated[str, Depends(auth.require(Permission.PUSH))]
+    Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
     if engine is not None:
-        app.include_router(rollouts_router(engine))
+        app.include_router(rollouts_router(engine, auth))
 
     @app.get("/v1/models", response_model=list[schemas.ModelOut], tags=["registry"])
-    def list_models() -> list[schemas.ModelOut]:
+    def list_models(_actor: Reader) -> list[schemas.ModelOut]:
         return [schemas.model_out(m) for m in cp.list_models()]
 
     @app.get("/v1/models/{model}", response_model=schemas.ModelOut, tags=["registry"])
-    def get_model(model: str) -> schemas.ModelOut:
+    def get_model(model: str, _actor: Reader) -> schemas.ModelOut:
         return schemas.model_out(cp.get_model(model))
 
     @app.get("/v1/models/{model}/versions", response_model=list[schemas.VersionSummaryOut], tags=["registry"])
-    def list_versions(model: str) -> list[schemas.VersionSummaryOut]:
+    def list_versions(model: str, _actor: Reader) -> list[schemas.VersionSummaryOut]:
         return [schemas.version_summary(v) for v in cp.list_versions(model)]
 
     @app.get("/v1/models/{model}/versions/{version}", response_model=schemas.VersionOut, tags=["registry"])
-    def get_version(model: str, version: int) -> schemas.VersionOut:
+    def get_version(model: str, version: int, _actor: Reader) -> schemas.VersionOut:
         return schemas.version_out(cp.get_version(model, version))
 
     @app.post(
@@ -116,6 +121,7 @@ def create_app(
     async def push_version(
         model: str,
         request: Request,
+        actor: Publisher,
         label: Annotated[list[str], Query(description="name=value, repeatable")] = [],  # noqa: B006
         metric: Annotated[list[str], Query(description="name=number, repeatable")] = [],  # noqa: B006
         api_version: Annotated[str | None, Query(max_length=64)] = None,
@@ -138,7 +144,9 @@ def create_app(
             path = sink.close()
             if sink.size == 0:
                 raise InvalidInput("the request body is empty; send the model archive", code="empty_upload")
-            version, created = await run_in_threadpool(cp.push, model=model, archive=path, metadata=metadata)
+            version, created = await run_in_threadpool(
+                cp.push, model=model, archive=path, metadata=metadata, actor=actor
+            )
         finally:
             sink.discard()
         body = schemas.PushOut(**schemas.version_out(version).model_dump(), created=created)
@@ -147,12 +155,14 @@ def create_app(
     @app.post(
         "/v1/models/{model}/versions/{version}/deploy", response_model=schemas.DeploymentOut, tags=["deploy"]
     )
-    def deploy(model: str, version: int, pool: str | None = None) -> schemas.DeploymentOut:
-        return schemas.deployment_out(cp.deploy(model, version, pool=pool))
+    def deploy(model: str, version: int, actor: Deployer, pool: str | None = None) -> schemas.DeploymentOut:
+        return schemas.deployment_out(cp.deploy(model, version, pool=pool, actor=actor))
 
     @app.get("/v1/events", response_model=list[schemas.EventOut], tags=["audit"])
     def events(
-        after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        _actor: Reader,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[schemas.EventOut]:
         return [schemas.event_out(e) for e in cp.events(after_id=after, limit=limit)]
 

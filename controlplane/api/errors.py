@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from controlplane import errors
 
 STATUS_BY_TYPE: tuple[tuple[type[errors.ControlPlaneError], int], ...] = (
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.PayloadTooLarge, 413),
     (errors.UnsupportedMediaType, 415),
@@ -43,7 +45,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(errors.ControlPlaneError)
     async def _domain(_request: Request, exc: errors.ControlPlaneError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=status_for(exc))
+        status = status_for(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.details), status_code=status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,15 +1,15 @@
 """REST endpoints for rollouts and model rollback."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from controlplane.api.auth import Authenticator
 from controlplane.domain.analysis import Gates
+from controlplane.domain.auth import Permission
 from controlplane.domain.models import validate_model_name
 from controlplane.domain.rollouts import RequestedAction, Rollout, Strategy, make_spec
 from controlplane.errors import ControlPlaneError
@@ -111,9 +111,11 @@ def rollout_out(r: Rollout, live_weights: dict[str, int] | None = None) -> Rollo
     )
 
 
-def rollouts_router(engine: RolloutEngine) -> APIRouter:
+def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
     """Routes under /v1/rollouts and /v1/models/{model}/rollback."""
     router = APIRouter(tags=["rollouts"])
+    Reader = Annotated[str, Depends(auth.require(Permission.READ))]
+    Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
 
     def live_weights() -> dict[str, int] | None:
         try:
@@ -122,7 +124,7 @@ def rollouts_router(engine: RolloutEngine) -> APIRouter:
             return None
 
     @router.post("/v1/rollouts", response_model=RolloutOut, status_code=202)
-    def create(body: RolloutIn) -> JSONResponse:
+    def create(body: RolloutIn, actor: Deployer) -> JSONResponse:
         """Start moving traffic to a version; 409 while another rollout runs on the pools."""
         validate_model_name(body.model)
         spec = make_spec(
@@ -134,33 +136,35 @@ def rollouts_router(engine: RolloutEngine) -> APIRouter:
             bake_seconds=body.bake_seconds,
             gates=Gates(**body.gates.model_dump()),
         )
-        rollout = engine.start(spec, actor="anonymous")
+        rollout = engine.start(spec, actor=actor)
         return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
 
     @router.get("/v1/rollouts", response_model=list[RolloutOut])
-    def list_all(active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RolloutOut]:
+    def list_all(
+        _actor: Reader, active: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    ) -> list[RolloutOut]:
         return [rollout_out(r) for r in engine.list(active_only=active, limit=limit)]
 
     @router.get("/v1/rollouts/{rollout_id}", response_model=RolloutOut)
-    def get(rollout_id: int) -> RolloutOut:
+    def get(rollout_id: int, _actor: Reader) -> RolloutOut:
         return rollout_out(engine.get(rollout_id), live_weights())
 
     @router.post("/v1/rollouts/{rollout_id}/abort", response_model=RolloutOut, status_code=202)
-    def abort(rollout_id: int) -> JSONResponse:
+    def abort(rollout_id: int, actor: Deployer) -> JSONResponse:
         """Roll back: traffic returns to the source pool."""
-        rollout = engine.request(rollout_id, RequestedAction.ABORT, actor="anonymous")
+        rollout = engine.request(rollout_id, RequestedAction.ABORT, actor=actor)
         return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
 
     @router.post("/v1/rollouts/{rollout_id}/promote", response_model=RolloutOut, status_code=202)
-    def promote(rollout_id: int) -> JSONResponse:
+    def promote(rollout_id: int, actor: Deployer) -> JSONResponse:
         """Skip the remaining steps: all traffic to the target pool, then bake."""
-        rollout = engine.request(rollout_id, RequestedAction.PROMOTE, actor="anonymous")
+        rollout = engine.request(rollout_id, RequestedAction.PROMOTE, actor=actor)
         return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
 
     @router.post("/v1/models/{model}/rollback", response_model=RolloutOut, status_code=202)
-    def rollback(model: str) -> JSONResponse:
+    def rollback(model: str, actor: Deployer) -> JSONResponse:
         """Return ``model`` to its previous production version (a weight flip while the old pool is warm)."""
-        rollout = engine.rollback_model(model, actor="anonymous")
+        rollout = engine.rollback_model(model, actor=actor)
         return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
 
     return router

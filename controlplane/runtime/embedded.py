@@ -16,7 +16,9 @@ from types import FrameType
 import uvicorn
 
 from controlplane.api.app import create_app
+from controlplane.api.auth import Authenticator
 from controlplane.errors import ControlPlaneError
+from controlplane.registry import token_store
 from controlplane.registry.db import Database
 from controlplane.runtime.local import LocalStack
 from controlplane.runtime.wiring import build_services, ensure_pool_rows
@@ -37,6 +39,11 @@ def _reconcile_after_restart(cp: ControlPlane, pool: str, stop: threading.Event)
         except ControlPlaneError as exc:
             log.warning("reconcile after restart of %s failed: %s; retrying", pool, exc)
             stop.wait(2.0)
+
+
+def _any_token(db: Database) -> bool:
+    with db.transaction() as session:
+        return any(t.active for t in token_store.list_tokens(session))
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -86,6 +93,7 @@ def run_embedded(settings: Settings) -> None:
             max_upload_bytes=settings.max_upload_bytes,
             readiness=stack.readiness,
             engine=services.engine,
+            auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
         )
         server = uvicorn.Server(
             uvicorn.Config(app, host=settings.host, port=settings.api_port, log_level="warning")
@@ -94,6 +102,12 @@ def run_embedded(settings: Settings) -> None:
         print(f"Triton gRPC proxy  {settings.host}:{settings.grpc_port}", flush=True)
         print(f"Triton HTTP proxy  http://{settings.host}:{settings.http_port}", flush=True)
         print(f"pools              {', '.join(f'{p}={w}' for p, w in weights.items())}", flush=True)
+        if settings.auth_required and not _any_token(db):
+            print(
+                "no API token yet: create the first one with "
+                f"`controlplane token create admin --role admin --state-dir {settings.state_dir}`",
+                flush=True,
+            )
         print(
             f"state in {settings.state_dir}; started in {time.monotonic() - started:.1f} s; Ctrl-C stops",
             flush=True,

@@ -35,6 +35,8 @@ class Stack:
     http_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str]
+    token: str = ""
 
     @property
     def api(self) -> str:
@@ -44,12 +46,15 @@ class Stack:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=120)
+    def client(self, *, token: str | None = None) -> httpx.Client:
+        """An API client carrying the stack's admin token (or ``token``; "" for none)."""
+        chosen = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {chosen}"} if chosen else {}
+        return httpx.Client(base_url=self.api, timeout=120, headers=headers)
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run the ``controlplane`` CLI against this stack."""
-        env = {**os.environ, "CONTROLPLANE_API_URL": self.api}
+        env = {**self.env, "CONTROLPLANE_API_URL": self.api, "CONTROLPLANE_TOKEN": self.token}
         return subprocess.run(
             [str(CONTROLPLANE), *args], env=env, capture_output=True, text=True, timeout=300, check=check
         )
@@ -122,15 +127,29 @@ def start_stack(
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
-    stack = Stack(state_dir, api_port, grpc_port, http_port, process, log_path)
+    stack = Stack(state_dir, api_port, grpc_port, http_port, process, log_path, environment)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"controlplane up exited with {process.returncode}:\n{stack.log()}")
         with contextlib.suppress(httpx.HTTPError), httpx.Client(timeout=2) as client:
             if client.get(f"{stack.api}/readyz").status_code == 200:
+                stack.token = create_token(stack, f"tests-{time.monotonic_ns()}", "admin")
                 return stack
         if time.monotonic() > deadline:
             stack.stop()
             raise RuntimeError(f"controlplane up not ready after {timeout} s:\n{stack.log()}")
         time.sleep(0.2)
+
+
+def create_token(stack: Stack, name: str, role: str) -> str:
+    """A new API token of ``role`` for the stack's database, made with the CLI."""
+    made = subprocess.run(
+        [str(CONTROLPLANE), "token", "create", name, "--role", role, "--state-dir", str(stack.state_dir)],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return made.stdout.strip()

@@ -12,11 +12,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from stack import Stack, start_stack
+from stack import Stack, create_token, start_stack
 from triton_helpers import load_examples_module
+from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
 
@@ -385,3 +387,64 @@ def test_an_upload_over_the_size_limit_is_refused_with_413_and_leaves_no_file(st
         assert answer.json()["error"]["code"] == "payload_too_large"
     assert list((stack.state_dir / "uploads").iterdir()) == []
     assert live_state(stack) == before
+
+
+def test_every_mutating_endpoint_needs_a_token_whose_role_allows_it(
+    stack: Stack, folders: dict[str, Path]
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    viewer = create_token(stack, f"viewer-{suffix}", "viewer")
+    publisher = create_token(stack, f"publisher-{suffix}", "publisher")
+    deployer = create_token(stack, f"deployer-{suffix}", "deployer")
+    before = live_state(stack)
+    with stack.client(token="") as anonymous:
+        missing = anonymous.post("/v1/models/mlp/versions/2/deploy")
+        reads = anonymous.get("/v1/models")
+        health = anonymous.get("/healthz")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert reads.status_code == 401 and health.status_code == 200
+    with stack.client(token="cpt_not-a-real-token") as forged:
+        assert forged.get("/v1/models").status_code == 401
+    with stack.client(token=viewer) as client:
+        assert client.get("/v1/models").status_code == 200
+        refused = client.post("/v1/models/mlp/versions/2/deploy")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    with stack.client(token=publisher) as client:
+        assert client.post("/v1/models/mlp/versions/2/deploy").status_code == 403
+        assert client.post("/v1/rollouts", json={"model": "mlp", "version": 2}).status_code == 403
+    with stack.client(token=deployer) as client:
+        pushed = client.post(
+            "/v1/models/mlp/versions", content=b"x", headers={"content-type": "application/gzip"}
+        )
+        assert pushed.status_code == 403
+    assert live_state(stack) == before
+
+    revoked = stack.cli("token", "revoke", f"viewer-{suffix}", "--state-dir", str(stack.state_dir))
+    assert revoked.returncode == 0, revoked.stderr
+    with stack.client(token=viewer) as client:
+        assert client.get("/v1/models").status_code == 401
+    with stack.client() as client:
+        events = client.get("/v1/events", params={"limit": 1000}).json()
+    actions = {(e["actor"], e["action"], e["target"]) for e in events}
+    assert any(actor.startswith("cli:") and action == "token.revoke" for actor, action, _t in actions)
+
+
+def test_triton_model_control_is_refused_through_the_proxy_while_inference_works(stack: Stack) -> None:
+    client = grpcclient.InferenceServerClient(stack.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException, match="not available through the proxy"):
+            client.load_model("mlp")
+        with pytest.raises(InferenceServerException):
+            client.unload_model("mlp")
+        assert client.infer("mlp", [_mlp_tensor()]).as_numpy("OUTPUT0").shape == (3, 4)
+    finally:
+        client.close()
+    answer = httpx.post(f"http://127.0.0.1:{stack.http_port}/v2/repository/models/mlp/unload")
+    assert answer.status_code == 403
+
+
+def _mlp_tensor() -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("INPUT0", list(MLP_INPUT.shape), "FP32")
+    tensor.set_data_from_numpy(MLP_INPUT)
+    return tensor
