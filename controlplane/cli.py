@@ -120,10 +120,14 @@ def push(
     label: Annotated[list[str] | None, typer.Option(help="name=value, repeatable.")] = None,
     metric: Annotated[list[str] | None, typer.Option(help="name=number, repeatable.")] = None,
     api_version: Annotated[str | None, typer.Option(help="API version the model is compatible with.")] = None,
+    signature: Annotated[
+        Path | None,
+        typer.Option(help="model-signing bundle of the folder (kept outside it), verified and recorded."),
+    ] = None,
     api: ApiUrl = DEFAULT_API,
     as_json: JsonFlag = False,
 ) -> None:
-    """Upload a model folder as a new version and print its number."""
+    """Upload a model folder as a new version (and its signature) and print its number."""
     from controlplane.artifacts.archive import pack_directory
     from controlplane.errors import ControlPlaneError
 
@@ -149,11 +153,26 @@ def push(
                 content=body,
                 headers={"content-type": "application/gzip"},
             )
+    if signature is not None:
+        if not signature.is_file():
+            fail(f"signature file {signature} does not exist")
+        signed = _request(
+            "PUT",
+            api,
+            f"/v1/models/{model}/versions/{result['version']}/signature",
+            content=signature.read_bytes(),
+            headers={"content-type": "application/json"},
+        )
+        result["signing"] = signed
     if as_json:
         _print_json(result)
         return
     what = "pushed" if result["created"] else "already registered (same content):"
     typer.echo(f"{what} {result['model']} version {result['version']} sha256:{result['digest']}")
+    if signature is not None:
+        identity = result["signing"]["identity"]
+        who = identity.get("key_id") or identity.get("cert_fingerprint") or identity.get("oidc_identity")
+        typer.echo(f"signature verified ({result['signing']['method']}, signer {who})")
 
 
 @app.command()
@@ -370,6 +389,35 @@ def rollback(
 ) -> None:
     """Return a model to its previous production version."""
     _finish(api, _request("POST", api, f"/v1/models/{model}/rollback"), watch, as_json)
+
+
+# -- signature policy --------------------------------------------------------------------------
+
+policy_app = typer.Typer(help="Signature policy of a model.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show(model: Annotated[str, typer.Argument(help="Model name.")], api: ApiUrl = DEFAULT_API) -> None:
+    """The model's own settings and the policy in force."""
+    _print_json(_request("GET", api, f"/v1/models/{model}/policy"))
+
+
+@policy_app.command("set")
+def policy_set(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    require_signature: Annotated[
+        bool | None, typer.Option("--require-signature/--no-require-signature", help="Unset: global policy.")
+    ] = None,
+    allow_signer: Annotated[
+        list[str] | None,
+        typer.Option(help="key:ID, cert:sha256:FP, san:VALUE or oidc:IDENTITY|ISSUER; repeatable."),
+    ] = None,
+    api: ApiUrl = DEFAULT_API,
+) -> None:
+    """Set who must sign the model's versions (admin)."""
+    body = {"require_signature": require_signature, "allowed_signers": allow_signer}
+    _print_json(_request("PUT", api, f"/v1/models/{model}/policy", json=body))
 
 
 # -- database ------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ deployments recorded in the database.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from pathlib import Path
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.artifacts.ingest import ingest_archive
+from controlplane.artifacts.signatures import SignatureRejected, TrustedSigners, verify_folder
 from controlplane.domain.models import (
     Deployment,
     Model,
@@ -34,6 +37,13 @@ from controlplane.domain.models import (
     VersionMetadata,
     VersionState,
     validate_model_name,
+)
+from controlplane.domain.policy import (
+    ModelPolicy,
+    SignaturePolicy,
+    SignatureRecord,
+    check_deployable,
+    effective_policy,
 )
 from controlplane.errors import (
     ArtifactCorrupted,
@@ -47,7 +57,7 @@ from controlplane.errors import (
 )
 from controlplane.metrics import DEPLOY_SECONDS, DEPLOYS, PUSHES
 from controlplane.pools import Pool, install
-from controlplane.registry import rollout_store, store
+from controlplane.registry import rollout_store, signature_store, store
 from controlplane.registry.db import Database
 
 log = logging.getLogger(__name__)
@@ -76,6 +86,8 @@ class ControlPlane:
         default_pool: str,
         limits: ArchiveLimits,
         load_timeout: float = 120.0,
+        trusted: TrustedSigners | None = None,
+        global_policy: SignaturePolicy | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -84,6 +96,8 @@ class ControlPlane:
         self.default_pool = default_pool
         self.limits = limits
         self.load_timeout = load_timeout
+        self.trusted = trusted or TrustedSigners()
+        self.global_policy = global_policy or SignaturePolicy()
 
     # registry -----------------------------------------------------------------
 
@@ -141,6 +155,74 @@ class ControlPlane:
         with self.db.transaction() as session:
             return store.list_events(session, after_id=after_id, limit=limit)
 
+    # signatures and policy -----------------------------------------------------
+
+    def attach_signature(self, model: str, number: int, *, bundle: Path, actor: str) -> SignatureRecord:
+        """Verify a signature bundle against the version's stored files and record it.
+
+        The folder that is verified is rebuilt from the read-only blob store
+        under the paths that were pushed, so what is checked is what will be
+        staged. SignatureRejected names the file or rule that failed.
+        """
+        version = self.get_version(model, number)
+        with tempfile.TemporaryDirectory(dir=self.uploads_dir, prefix="verify-") as tmp:
+            folder = Path(tmp) / model
+            for entry in version.manifest:
+                dest = folder / entry.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                blob = self.blobs.verify(entry.sha256, entry.size)
+                try:
+                    os.link(blob, dest)
+                except OSError:
+                    shutil.copyfile(blob, dest)
+            try:
+                verified = verify_folder(folder, bundle, self.trusted)
+            except SignatureRejected as exc:
+                self._audit(
+                    actor, "signature.attach", f"{model}/{number}", "rejected", {"error": exc.message}
+                )
+                raise
+        with self.db.transaction() as session:
+            return signature_store.attach_signature(
+                session,
+                model=model,
+                number=number,
+                method=str(verified.method),
+                identity=verified.identity.as_dict(),
+                statement=verified.statement_bytes,
+                statement_sha256=verified.statement_sha256,
+                bundle=verified.bundle_bytes,
+                files=dict(verified.files),
+                actor=actor,
+            )
+
+    def signature_of(self, model: str, number: int) -> SignatureRecord | None:
+        with self.db.transaction() as session:
+            return signature_store.get_signature(session, model=model, number=number)
+
+    def policy_of(self, model: str) -> tuple[ModelPolicy | None, SignaturePolicy]:
+        """The model's own settings and the policy in force for it."""
+        with self.db.transaction() as session:
+            own = signature_store.get_policy(session, model)
+        return own, effective_policy(self.global_policy, own)
+
+    def set_policy(self, model: str, policy: ModelPolicy, *, actor: str) -> ModelPolicy:
+        SignaturePolicy(allowed_signers=policy.allowed_signers or ()).validate()
+        with self.db.transaction() as session:
+            return signature_store.set_policy(session, model, policy, actor=actor)
+
+    def check_deployable(self, model: str, number: int) -> None:
+        """PolicyViolation unless ``number`` meets its model's signature policy."""
+        version = self.get_version(model, number)
+        _own, policy = self.policy_of(model)
+        check_deployable(
+            model=model,
+            number=number,
+            manifest=version.manifest,
+            signature=self.signature_of(model, number),
+            policy=policy,
+        )
+
     # deploy -------------------------------------------------------------------
 
     def _pool(self, name: str | None) -> Pool:
@@ -170,6 +252,7 @@ class ControlPlane:
     ) -> Deployment:
         """Make ``number`` the version of ``model`` that ``pool`` serves."""
         target = self._pool(pool)
+        self.check_deployable(model, number)
         with self.db.transaction() as session:
             running = rollout_store.list_rollouts(session, active_only=True)
         if running:

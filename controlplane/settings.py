@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controlplane.artifacts.signatures import TrustedSigners
+
 
 class Settings(BaseSettings):
     """Configuration of one control-plane instance."""
@@ -37,6 +39,15 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=4 * 1024**3, gt=0)
     max_archive_members: int = Field(default=10_000, gt=0)
     load_timeout_seconds: float = Field(default=120.0, gt=0)
+    require_signature: bool = Field(default=False, description="Versions need a verified signature to serve.")
+    allowed_signers: str = Field(default="", description="Comma-separated signer names every model allows.")
+    trusted_public_keys: str = Field(default="", description="Comma-separated PEM files of EC public keys.")
+    trusted_cert_roots: str = Field(default="", description="Comma-separated PEM files of CA certificates.")
+    allowed_cert_identities: str = Field(default="", description="Comma-separated san:VALUE or sha256:FP.")
+    sigstore_identities: str = Field(default="", description="Comma-separated IDENTITY|ISSUER pairs.")
+    sigstore_trust_config: Path | None = Field(
+        default=None, description="Sigstore trust config for offline use."
+    )
     auth_required: bool = Field(default=True, description="Mutating endpoints need an API token.")
     open_reads: bool = Field(default=False, description="Read endpoints answer without a token.")
     auto_migrate: bool = Field(default=True, description="`up` upgrades the schema before starting.")
@@ -45,6 +56,23 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    def trusted_signers(self) -> TrustedSigners:
+        """Who may sign, from the files and names configured."""
+
+        def items(value: str) -> list[str]:
+            return [x.strip() for x in value.split(",") if x.strip()]
+
+        return TrustedSigners(
+            public_keys=tuple(Path(p).read_bytes() for p in items(self.trusted_public_keys)),
+            certificate_roots=tuple(Path(p).read_bytes() for p in items(self.trusted_cert_roots)),
+            allowed_cert_identities=tuple(items(self.allowed_cert_identities)),
+            sigstore_identities=tuple(
+                (identity, issuer)
+                for identity, _sep, issuer in (p.partition("|") for p in items(self.sigstore_identities))
+            ),
+            sigstore_trust_config=self.sigstore_trust_config,
+        )
 
     @property
     def effective_database_url(self) -> str:

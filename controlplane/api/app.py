@@ -15,8 +15,10 @@ from controlplane.api.auth import Authenticator
 from controlplane.api.errors import error_body, install_error_handlers
 from controlplane.api.rollouts import rollouts_router
 from controlplane.artifacts.ingest import UploadSink
+from controlplane.artifacts.signatures import MAX_SIGNATURE_BYTES
 from controlplane.domain.auth import Permission
 from controlplane.domain.models import VersionMetadata, validate_model_name
+from controlplane.domain.policy import ModelPolicy
 from controlplane.errors import (
     ControlPlaneError,
     InvalidInput,
@@ -82,6 +84,7 @@ def create_app(
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
     Publisher = Annotated[str, Depends(auth.require(Permission.PUSH))]
     Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
+    Admin = Annotated[str, Depends(auth.require(Permission.ADMIN))]
     if engine is not None:
         app.include_router(rollouts_router(engine, auth))
 
@@ -157,6 +160,64 @@ def create_app(
     )
     def deploy(model: str, version: int, actor: Deployer, pool: str | None = None) -> schemas.DeploymentOut:
         return schemas.deployment_out(cp.deploy(model, version, pool=pool, actor=actor))
+
+    @app.put(
+        "/v1/models/{model}/versions/{version}/signature",
+        response_model=schemas.SigningOut,
+        tags=["signatures"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "An OpenSSF model-signing bundle (Sigstore JSON) over the pushed folder.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    async def attach_signature(model: str, version: int, request: Request, actor: Publisher) -> JSONResponse:
+        """Verify a signature of the version's files and record it (with the signer's identity)."""
+        sink = UploadSink(cp.uploads_dir, max_bytes=MAX_SIGNATURE_BYTES)
+        try:
+            async for chunk in request.stream():
+                sink.write(chunk)
+            path = sink.close()
+            if sink.size == 0:
+                raise InvalidInput(
+                    "the request body is empty; send the signature bundle", code="empty_upload"
+                )
+            record = await run_in_threadpool(cp.attach_signature, model, version, bundle=path, actor=actor)
+        finally:
+            sink.discard()
+        return JSONResponse(schemas.signing_out(record).model_dump(mode="json"))
+
+    @app.get(
+        "/v1/models/{model}/versions/{version}/signature",
+        response_model=schemas.SigningOut,
+        tags=["signatures"],
+    )
+    def get_signature(model: str, version: int, _actor: Reader) -> schemas.SigningOut:
+        record = cp.signature_of(model, version)
+        if record is None:
+            raise NotFound(f"{model} version {version} has no signature", code="signature_not_found")
+        return schemas.signing_out(record)
+
+    @app.get("/v1/models/{model}/policy", response_model=schemas.PolicyOut, tags=["signatures"])
+    def get_policy(model: str, _actor: Reader) -> schemas.PolicyOut:
+        own, effective = cp.policy_of(model)
+        return schemas.policy_out(own, effective)
+
+    @app.put("/v1/models/{model}/policy", response_model=schemas.PolicyOut, tags=["signatures"])
+    def set_policy(model: str, body: schemas.PolicyIn, actor: Admin) -> schemas.PolicyOut:
+        """Set the model's signature policy; null fields follow the global policy."""
+        cp.set_policy(
+            model,
+            ModelPolicy(
+                require_signature=body.require_signature,
+                allowed_signers=tuple(body.allowed_signers) if body.allowed_signers is not None else None,
+            ),
+            actor=actor,
+        )
+        own, effective = cp.policy_of(model)
+        return schemas.policy_out(own, effective)
 
     @app.get("/v1/events", response_model=list[schemas.EventOut], tags=["audit"])
     def events(

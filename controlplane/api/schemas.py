@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.domain import models as d
+from controlplane.domain.policy import ModelPolicy, SignaturePolicy, SignatureRecord
 
 
 class TensorOut(BaseModel):
@@ -86,6 +87,46 @@ class HealthOut(BaseModel):
     reason: str | None = None
     pools: dict[str, str] | None = None
     checks: dict[str, str] | None = None
+
+
+class SigningOut(BaseModel):
+    method: str
+    identity: dict[str, Any]
+    statement_sha256: str
+    files: dict[str, str]
+
+
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    require_signature: bool | None = None
+    allowed_signers: list[str] | None = Field(default=None, max_length=100)
+
+
+class PolicyOut(BaseModel):
+    require_signature: bool | None
+    allowed_signers: list[str] | None
+    effective: dict[str, Any]
+
+
+def signing_out(record: SignatureRecord) -> SigningOut:
+    return SigningOut(
+        method=record.method,
+        identity=dict(record.identity),
+        statement_sha256=record.statement_sha256,
+        files=dict(record.files),
+    )
+
+
+def policy_out(own: ModelPolicy | None, effective: SignaturePolicy) -> PolicyOut:
+    return PolicyOut(
+        require_signature=own.require_signature if own else None,
+        allowed_signers=list(own.allowed_signers) if own and own.allowed_signers is not None else None,
+        effective={
+            "require_signature": effective.require_signature,
+            "allowed_signers": list(effective.allowed_signers),
+        },
+    )
 
 
 def version_summary(v: d.ModelVersion) -> VersionSummaryOut:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -190,3 +191,28 @@ class ApiTokenRow(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SignatureRow(Base):
+    """A verified signature of a version: the signed statement and bundle as received."""
+
+    __tablename__ = "version_signatures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), unique=True)
+    method: Mapped[str] = mapped_column(String(16))
+    identity: Mapped[dict[str, Any]] = mapped_column(JSON)
+    statement_sha256: Mapped[str] = mapped_column(String(64))
+    statement: Mapped[bytes] = mapped_column(LargeBinary)
+    bundle: Mapped[bytes] = mapped_column(LargeBinary)
+    files: Mapped[dict[str, str]] = mapped_column(JSON)
+    verified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelPolicyRow(Base):
+    __tablename__ = "model_policies"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    require_signature: Mapped[bool | None] = mapped_column(nullable=True)
+    allowed_signers: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -82,6 +82,7 @@ class RolloutEngine:
         sampler: Sampler,
         settings: EngineSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        policy_check: Callable[[str, int], None] | None = None,
     ) -> None:
         self.db = db
         self.pools = dict(pools)
@@ -90,6 +91,7 @@ class RolloutEngine:
         self.sampler = sampler
         self.settings = settings or EngineSettings()
         self.clock = clock
+        self.policy_check = policy_check
         self._workers: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -98,6 +100,9 @@ class RolloutEngine:
 
     def start(self, spec: RolloutSpec, *, actor: str) -> Rollout:
         """Record a rollout and start its worker; Conflict if one is running on the pool pair."""
+        if self.policy_check is not None:
+            # Signature policy first: a version that may not serve never gets a rollout row.
+            self.policy_check(spec.model, spec.version)
         busy = [p.name for p in self.pools.values() if p.deploy_claim.locked()]
         if busy:
             raise Conflict(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
+from controlplane.domain.policy import SignaturePolicy
 from controlplane.pools import Pool
 from controlplane.registry import rollout_store
 from controlplane.registry.db import Database
@@ -54,6 +55,11 @@ def build_services(settings: Settings, db: Database, stack: LocalStack) -> Servi
             max_members=settings.max_archive_members,
         ),
         load_timeout=settings.load_timeout_seconds,
+        trusted=settings.trusted_signers(),
+        global_policy=SignaturePolicy(
+            require_signature=settings.require_signature,
+            allowed_signers=tuple(x.strip() for x in settings.allowed_signers.split(",") if x.strip()),
+        ).validate(),
     )
     router = HAProxyRouter(stack.runtime)
     sampler = PoolSampler(
@@ -67,6 +73,7 @@ def build_services(settings: Settings, db: Database, stack: LocalStack) -> Servi
         router=router,
         sampler=sampler,
         settings=EngineSettings(load_timeout=settings.load_timeout_seconds),
+        policy_check=cp.check_deployable,
     )
     return Services(
         cp=cp, engine=engine, router=router, reconciler=Reconciler(cp=cp, engine=engine, router=router)

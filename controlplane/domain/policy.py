@@ -1,0 +1,118 @@
+"""Signature policy: which versions may be deployed. Pure rules.
+
+A model's policy (``require_signature`` and ``allowed_signers``) overrides
+the global default where it sets something. Signer names are what an
+operator can pin: ``key:<sha256 of the public key DER>``,
+``cert:sha256:<leaf fingerprint>``, ``san:<certificate SAN>``,
+``oidc:<identity>|<issuer>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.domain.models import ManifestEntry
+from controlplane.errors import InvalidInput
+
+
+class PolicyViolation(InvalidInput):
+    """A version does not meet its model's signature policy; it may not serve."""
+
+    code = "policy_violation"
+
+
+_PREFIXES = ("key:", "cert:sha256:", "san:", "oidc:")
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    require_signature: bool = False
+    allowed_signers: tuple[str, ...] = ()
+
+    def validate(self) -> SignaturePolicy:
+        for signer in self.allowed_signers:
+            if not signer.startswith(_PREFIXES) or len(signer) > 512:
+                raise InvalidInput(
+                    f"allowed signer {signer!r} must start with one of {', '.join(_PREFIXES)}",
+                    code="invalid_policy",
+                )
+        return self
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """What a model sets; None means "as the global policy says"."""
+
+    require_signature: bool | None = None
+    allowed_signers: tuple[str, ...] | None = None
+
+
+def effective_policy(global_policy: SignaturePolicy, model: ModelPolicy | None) -> SignaturePolicy:
+    """The model's settings where it has them, else the global ones."""
+    if model is None:
+        return global_policy
+    return SignaturePolicy(
+        require_signature=global_policy.require_signature
+        if model.require_signature is None
+        else model.require_signature,
+        allowed_signers=global_policy.allowed_signers
+        if model.allowed_signers is None
+        else model.allowed_signers,
+    )
+
+
+def signer_names(identity: Mapping[str, Any]) -> set[str]:
+    """Every name under which a verified signer may be allowed."""
+    names = set()
+    if identity.get("method") == "key" and identity.get("key_id"):
+        names.add(f"key:{identity['key_id']}")
+    if identity.get("cert_fingerprint"):
+        names.add(f"cert:sha256:{identity['cert_fingerprint']}")
+    for san in identity.get("cert_san") or ():
+        names.add(f"san:{san}")
+    if identity.get("oidc_identity"):
+        names.add(f"oidc:{identity['oidc_identity']}|{identity.get('oidc_issuer') or ''}")
+    return names
+
+
+@dataclass(frozen=True)
+class SignatureRecord:
+    """What the registry keeps of a verified signature."""
+
+    method: str
+    identity: Mapping[str, Any]
+    statement_sha256: str
+    files: Mapping[str, str]
+
+
+def check_deployable(
+    *,
+    model: str,
+    number: int,
+    manifest: Iterable[ManifestEntry],
+    signature: SignatureRecord | None,
+    policy: SignaturePolicy,
+) -> None:
+    """PolicyViolation naming the rule a version breaks, else nothing."""
+    if signature is None:
+        if policy.require_signature:
+            raise PolicyViolation(
+                f"model {model!r} requires a signature and version {number} has none: "
+                f"attach one with PUT /v1/models/{model}/versions/{number}/signature",
+                details={"rule": "require_signature"},
+            )
+        return
+    expected = {e.path: e.sha256 for e in manifest}
+    if dict(signature.files) != expected:
+        raise PolicyViolation(
+            f"the signature of {model} version {number} does not cover the registered files",
+            details={"rule": "signature_covers_manifest"},
+        )
+    if policy.allowed_signers and not signer_names(signature.identity) & set(policy.allowed_signers):
+        raise PolicyViolation(
+            f"{model} version {number} is signed by {sorted(signer_names(signature.identity))}, "
+            f"not by an allowed signer of this model",
+            details={"rule": "allowed_signers", "allowed": list(policy.allowed_signers)},
+        )

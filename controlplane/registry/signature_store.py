@@ -1,0 +1,94 @@
+"""Signatures and per-model policies in the registry. Functions flush; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controlplane.domain.policy import ModelPolicy, SignatureRecord
+from controlplane.registry import store
+from controlplane.registry.store import _model_row, _version_row
+from controlplane.registry.tables import ModelPolicyRow, SignatureRow, utcnow
+
+
+def attach_signature(
+    session: Session,
+    *,
+    model: str,
+    number: int,
+    method: str,
+    identity: dict,
+    statement: bytes,
+    statement_sha256: str,
+    bundle: bytes,
+    files: dict[str, str],
+    actor: str,
+) -> SignatureRecord:
+    """Record a verified signature for a version (replacing an earlier one)."""
+    version = _version_row(session, _model_row(session, model), number)
+    row = session.execute(
+        select(SignatureRow).where(SignatureRow.version_id == version.id)
+    ).scalar_one_or_none()
+    if row is None:
+        row = SignatureRow(version_id=version.id)
+        session.add(row)
+    row.method = method
+    row.identity = identity
+    row.statement = statement
+    row.statement_sha256 = statement_sha256
+    row.bundle = bundle
+    row.files = files
+    row.verified_at = utcnow()
+    session.flush()
+    store.append_event(
+        session,
+        actor=actor,
+        action="signature.attach",
+        target=f"{model}/{number}",
+        outcome="verified",
+        details={"method": method, "identity": identity, "statement_sha256": statement_sha256},
+    )
+    return SignatureRecord(method=method, identity=identity, statement_sha256=statement_sha256, files=files)
+
+
+def get_signature(session: Session, *, model: str, number: int) -> SignatureRecord | None:
+    version = _version_row(session, _model_row(session, model), number)
+    row = session.execute(
+        select(SignatureRow).where(SignatureRow.version_id == version.id)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    return SignatureRecord(
+        method=row.method, identity=row.identity, statement_sha256=row.statement_sha256, files=row.files
+    )
+
+
+def get_policy(session: Session, model: str) -> ModelPolicy | None:
+    row = session.get(ModelPolicyRow, _model_row(session, model).id)
+    if row is None:
+        return None
+    return ModelPolicy(
+        require_signature=row.require_signature,
+        allowed_signers=tuple(row.allowed_signers) if row.allowed_signers is not None else None,
+    )
+
+
+def set_policy(session: Session, model: str, policy: ModelPolicy, *, actor: str) -> ModelPolicy:
+    model_row = _model_row(session, model, lock=True)
+    row = session.get(ModelPolicyRow, model_row.id)
+    if row is None:
+        row = ModelPolicyRow(model_id=model_row.id)
+        session.add(row)
+    row.require_signature = policy.require_signature
+    row.allowed_signers = list(policy.allowed_signers) if policy.allowed_signers is not None else None
+    row.updated_at = utcnow()
+    session.flush()
+    store.append_event(
+        session,
+        actor=actor,
+        action="policy.set",
+        target=model,
+        outcome="set",
+        details={"require_signature": policy.require_signature, "allowed_signers": row.allowed_signers},
+    )
+    return policy
