@@ -28,6 +28,7 @@ from __future__ import annotations
 import _compression
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -41,6 +42,7 @@ import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,11 +587,37 @@ def _extract_zip(path: Path, dest_parent: Path, limits: ArchiveLimits, progress:
 
 
 class _Progress:
-    """What a failure should be blamed on and cleaned up."""
+    """What a failure should be blamed on and cleaned up, and what the caller asked to collect."""
 
-    def __init__(self) -> None:
+    def __init__(self, digests: dict[str, tuple[str, int]] | None = None) -> None:
         self.member: str | None = None
         self.tmp: Path | None = None
+        self.digests = digests
+
+
+class _OverlappedHash:
+    """SHA-256 of a stream computed on a second thread while the first one writes it.
+
+    hashlib releases the GIL for large updates, so hashing chunk N overlaps
+    writing chunk N+1; at most one chunk waits, which keeps memory bounded
+    and the order of updates intact.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._hash = hashlib.sha256()
+        self._pool = pool
+        self._pending: Future[None] | None = None
+
+    def update(self, chunk: bytes) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(self._hash.update, chunk)
+
+    def hexdigest(self) -> str:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+        return self._hash.hexdigest()
 
 
 def _nofollow_opener(path: str, flags: int) -> int:
@@ -618,7 +646,9 @@ def _make_dirs(root: Path, parts: tuple[str, ...], made: set[tuple[str, ...]]) -
         made.add(prefix)
 
 
-def _copy_member(src: IO[bytes], dst: BinaryIO, member: _Member, tally: _Tally) -> None:
+def _copy_member(
+    src: IO[bytes], dst: BinaryIO, member: _Member, tally: _Tally, digest: _OverlappedHash | None = None
+) -> None:
     written = 0
     while chunk := src.read(_CHUNK):
         written += len(chunk)
@@ -629,6 +659,8 @@ def _copy_member(src: IO[bytes], dst: BinaryIO, member: _Member, tally: _Tally) 
                 member.name,
             )
         tally.file_bytes(member.name, len(chunk), written, member.compressed)
+        if digest is not None:
+            digest.update(chunk)
         with _writing(member.name):
             dst.write(chunk)
     if written != member.size:
@@ -654,6 +686,23 @@ def _materialise(
     # Limits again, now on the bytes really produced (the pre-scan trusted headers).
     tally = _Tally(limits, archive_size)
     made: set[tuple[str, ...]] = {()}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as pool:
+        _write_members(members, open_member, tmp, tally, made, progress, pool)
+    progress.member = None
+    with _writing(None):
+        os.chmod(tmp, 0o755)
+    return tmp
+
+
+def _write_members(
+    members: list[_Member],
+    open_member: Callable[[_Member], IO[bytes]],
+    tmp: Path,
+    tally: _Tally,
+    made: set[tuple[str, ...]],
+    progress: _Progress,
+    pool: ThreadPoolExecutor,
+) -> None:
     for member in members:
         progress.member = member.name
         tally.member(member.name)
@@ -664,17 +713,22 @@ def _materialise(
         with _writing(member.name):
             _make_dirs(tmp, member.parts[:-1], made)
             out = open(tmp.joinpath(*member.parts), "xb", opener=_nofollow_opener)  # noqa: SIM115
+        digest = _OverlappedHash(pool) if progress.digests is not None else None
         with out, open_member(member) as src:
             with _writing(member.name):
                 os.fchmod(out.fileno(), 0o644)
-            _copy_member(src, out, member, tally)
-    progress.member = None
-    with _writing(None):
-        os.chmod(tmp, 0o755)
-    return tmp
+            _copy_member(src, out, member, tally, digest)
+        if digest is not None and progress.digests is not None:
+            progress.digests["/".join(member.parts)] = (digest.hexdigest(), member.size)
 
 
-def extract_archive(archive_path: Path, dest_parent: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
+def extract_archive(
+    archive_path: Path,
+    dest_parent: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    *,
+    digests: dict[str, tuple[str, int]] | None = None,
+) -> Path:
     """Check every member of ``archive_path``, then extract it into a new directory.
 
     Returns a fresh directory inside ``dest_parent`` (mode 0o755, files 0o644,
@@ -683,11 +737,14 @@ def extract_archive(archive_path: Path, dest_parent: Path, limits: ArchiveLimits
     offending member (or None); in that case nothing is left in ``dest_parent``.
     A missing ``archive_path`` or ``dest_parent`` is the caller's error and
     raises the plain ``OSError``.
+
+    Given a ``digests`` dict, fills it with ``relative/path -> (sha256, size)``
+    of every file written, hashed while it is written (no second read).
     """
     if not dest_parent.is_dir():
         raise NotADirectoryError(f"extraction target {dest_parent} is not a directory")
     kind = _sniff(archive_path)
-    progress = _Progress()
+    progress = _Progress(digests)
     try:
         if kind == "zip":
             return _extract_zip(archive_path, dest_parent, limits, progress)

@@ -80,14 +80,22 @@ def ingest_archive(
 ) -> IngestedArtifact:
     """Extract ``archive`` into ``work_dir``, check it as a Triton model folder, store its files."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    extracted = extract_archive(archive, work_dir, limits)
+    # Files are hashed while they are extracted: one pass over the bytes, not two.
+    digests: dict[str, tuple[str, int]] = {}
+    extracted = extract_archive(archive, work_dir, limits, digests=digests)
     try:
         root = find_model_root(extracted)
         config_path = root / "config.pbtxt"
         if not config_path.is_file():
             raise InvalidModelConfig("the model folder has no config.pbtxt")
         signature = read_signature(config_path.read_bytes(), model_name=model_name)
-        hashed = [(rel, full, *sha256_file(full)) for rel, full in _walk_files(root)]
+        prefix = root.relative_to(extracted).as_posix()
+
+        def digest_of(rel: str, full: Path) -> tuple[str, int]:
+            key = rel if prefix == "." else f"{prefix}/{rel}"
+            return digests[key] if key in digests else sha256_file(full)
+
+        hashed = [(rel, full, *digest_of(rel, full)) for rel, full in _walk_files(root)]
         manifest = tuple(ManifestEntry(path=rel, size=size, sha256=sha) for rel, _full, sha, size in hashed)
         source_version_dir = version_directory(manifest)
         digest = manifest_digest(manifest)

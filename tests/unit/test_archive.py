@@ -7,6 +7,7 @@ and leave the destination folder exactly as empty as it was before.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -726,3 +727,21 @@ def test_pack_directory_refuses_to_write_the_archive_inside_the_folder(tmp_path:
     src = write_model(tmp_path / "mlp")
     with pytest.raises(InvalidInput, match="inside"):
         pack_directory(src, src / "self.tgz")
+
+
+def test_extraction_can_hash_every_file_as_it_writes_it(tmp_path: Path) -> None:
+    src = tmp_path / "model"
+    (src / "1").mkdir(parents=True)
+    (src / "config.pbtxt").write_bytes(b'backend: "onnxruntime"\n')
+    (src / "1" / "model.onnx").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    archive = pack_directory(src, tmp_path / "m.tar.gz")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    digests: dict[str, tuple[str, int]] = {}
+    root = extract_archive(archive, dest, digests=digests)
+    expected = {
+        p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+    assert digests == expected
