@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -465,7 +467,14 @@ StateDir = Annotated[
 ]
 
 
-def _token_db(database_url: str | None, state_dir: Path | None):  # type: ignore[no-untyped-def]
+def _cli_actor() -> str:
+    return f"cli:{os.environ.get('USER', 'unknown')}"
+
+
+@contextmanager
+def _token_session(database_url: str | None, state_dir: Path | None) -> Iterator[Any]:
+    """A registry transaction for token commands; refusals become one line and exit 1."""
+    from controlplane.errors import ControlPlaneError
     from controlplane.registry.db import Database
     from controlplane.settings import Settings
 
@@ -473,10 +482,12 @@ def _token_db(database_url: str | None, state_dir: Path | None):  # type: ignore
     db = Database(database_url or settings.effective_database_url)
     try:
         db.check_schema()
-    except Exception:
+        with db.transaction() as session:
+            yield session
+    except ControlPlaneError as exc:
+        fail(f"{exc.message} ({exc.code})")
+    finally:
         db.dispose()
-        raise
-    return db
 
 
 @token_app.command("create")
@@ -488,22 +499,14 @@ def token_create(
 ) -> None:
     """Create a token and print it (once: only its hash is kept)."""
     from controlplane.domain.auth import Role
-    from controlplane.errors import ControlPlaneError
     from controlplane.registry import token_store
 
     try:
         chosen = Role(role)
     except ValueError:
         fail(f"role must be one of {', '.join(r.value for r in Role)}, got {role!r}")
-    try:
-        db = _token_db(database_url, state_dir)
-        with db.transaction() as session:
-            secret, _info = token_store.create_token(
-                session, name=name, role=chosen, created_by=f"cli:{os.environ.get('USER', 'unknown')}"
-            )
-        db.dispose()
-    except ControlPlaneError as exc:
-        fail(f"{exc.message} ({exc.code})")
+    with _token_session(database_url, state_dir) as session:
+        secret, _info = token_store.create_token(session, name=name, role=chosen, created_by=_cli_actor())
     typer.echo(secret)
     typer.echo(f"token {name!r} ({chosen}); export CONTROLPLANE_TOKEN=<it> for the CLI", err=True)
 
@@ -515,34 +518,20 @@ def token_revoke(
     database_url: DbUrl = None,
 ) -> None:
     """Revoke a token: it stops working at once."""
-    from controlplane.errors import ControlPlaneError
     from controlplane.registry import token_store
 
-    try:
-        db = _token_db(database_url, state_dir)
-        with db.transaction() as session:
-            token_store.revoke_token(
-                session, name=name, revoked_by=f"cli:{os.environ.get('USER', 'unknown')}"
-            )
-        db.dispose()
-    except ControlPlaneError as exc:
-        fail(f"{exc.message} ({exc.code})")
+    with _token_session(database_url, state_dir) as session:
+        token_store.revoke_token(session, name=name, revoked_by=_cli_actor())
     typer.echo(f"token {name!r} revoked")
 
 
 @token_app.command("list")
 def token_list(state_dir: StateDir = None, database_url: DbUrl = None) -> None:
     """Tokens with their roles (never the secrets)."""
-    from controlplane.errors import ControlPlaneError
     from controlplane.registry import token_store
 
-    try:
-        db = _token_db(database_url, state_dir)
-        with db.transaction() as session:
-            tokens = token_store.list_tokens(session)
-        db.dispose()
-    except ControlPlaneError as exc:
-        fail(f"{exc.message} ({exc.code})")
+    with _token_session(database_url, state_dir) as session:
+        tokens = token_store.list_tokens(session)
     for t in tokens:
         status = "active" if t.active else f"revoked {t.revoked_at:%Y-%m-%d %H:%M}"
         typer.echo(f"{t.name:<24} {t.role:<10} {status}")

@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -63,6 +64,24 @@ def _metadata(labels: list[str], metrics: list[str], api_version: str | None) ->
             raise InvalidInput(f"metric {key!r} is not finite", code="invalid_metric")
         parsed_metrics[key] = number
     return VersionMetadata(labels=_pairs(labels, "label"), metrics=parsed_metrics, api_version=api_version)
+
+
+async def _receive(request: Request, directory: Path, *, max_bytes: int, what: str) -> UploadSink:
+    """Stream the request body to a file (never whole in memory); 413 past ``max_bytes``, 422 if empty."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"upload of {declared} bytes is over the limit of {max_bytes}")
+    sink = UploadSink(directory, max_bytes=max_bytes)
+    try:
+        async for chunk in request.stream():
+            sink.write(chunk)
+        sink.close()
+        if sink.size == 0:
+            raise InvalidInput(f"the request body is empty; send {what}", code="empty_upload")
+    except BaseException:
+        sink.discard()
+        raise
+    return sink
 
 
 def create_app(
@@ -137,18 +156,10 @@ def create_app(
             raise UnsupportedMediaType(
                 f"content type {content_type or 'none'!r} is not an archive; send one of: {accepted}"
             )
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
-            raise PayloadTooLarge(f"upload of {declared} bytes is over the limit of {max_upload_bytes}")
-        sink = UploadSink(cp.uploads_dir, max_bytes=max_upload_bytes)
+        sink = await _receive(request, cp.uploads_dir, max_bytes=max_upload_bytes, what="the model archive")
         try:
-            async for chunk in request.stream():
-                sink.write(chunk)
-            path = sink.close()
-            if sink.size == 0:
-                raise InvalidInput("the request body is empty; send the model archive", code="empty_upload")
             version, created = await run_in_threadpool(
-                cp.push, model=model, archive=path, metadata=metadata, actor=actor
+                cp.push, model=model, archive=sink.path, metadata=metadata, actor=actor
             )
         finally:
             sink.discard()
@@ -175,16 +186,13 @@ def create_app(
     )
     async def attach_signature(model: str, version: int, request: Request, actor: Publisher) -> JSONResponse:
         """Verify a signature of the version's files and record it (with the signer's identity)."""
-        sink = UploadSink(cp.uploads_dir, max_bytes=MAX_SIGNATURE_BYTES)
+        sink = await _receive(
+            request, cp.uploads_dir, max_bytes=MAX_SIGNATURE_BYTES, what="the signature bundle"
+        )
         try:
-            async for chunk in request.stream():
-                sink.write(chunk)
-            path = sink.close()
-            if sink.size == 0:
-                raise InvalidInput(
-                    "the request body is empty; send the signature bundle", code="empty_upload"
-                )
-            record = await run_in_threadpool(cp.attach_signature, model, version, bundle=path, actor=actor)
+            record = await run_in_threadpool(
+                cp.attach_signature, model, version, bundle=sink.path, actor=actor
+            )
         finally:
             sink.discard()
         return JSONResponse(schemas.signing_out(record).model_dump(mode="json"))

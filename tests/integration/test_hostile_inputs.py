@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import tarfile
 import tempfile
 import zipfile
@@ -334,6 +333,5 @@ def test_a_hostile_request_is_refused_naming_the_problem_and_changes_nothing_liv
     assert not Path("/tmp/abs-escape").exists() and not (stack.state_dir.parent / "escape").exists()
 
 
-def test_the_corpus_is_large_enough() -> None:
+def test_the_corpus_covers_at_least_thirty_hostile_inputs() -> None:
     assert len(CASES) >= 30
-    assert json.dumps(sorted(CASES))  # names are plain strings
