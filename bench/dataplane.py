@@ -22,10 +22,8 @@ import numpy as np
 
 from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.models import VersionMetadata
-from controlplane.registry.db import Database
-from controlplane.runtime.local import LocalStack
 from controlplane.runtime.ports import free_ports
-from controlplane.runtime.wiring import build_services, ensure_pool_rows
+from controlplane.runtime.wiring import local_services
 from controlplane.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,13 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as tmp:
         api_port, grpc_port, http_port = free_ports(3)
         settings = Settings(state_dir=Path(tmp), api_port=api_port, grpc_port=grpc_port, http_port=http_port)
-        db = Database(settings.effective_database_url)
-        db.upgrade()
-        stack = LocalStack(settings.state_dir, host="127.0.0.1", grpc_port=grpc_port, http_port=http_port)
-        try:
-            stack.start()
-            ensure_pool_rows(db, ("blue",))
-            cp = build_services(settings, db, stack).cp
+        with local_services(settings, pool_names=("blue",)) as (stack, services):
+            cp = services.cp
             archive = pack_directory(REPO / "model_repository" / "mlp", Path(tmp) / "mlp.tar.gz")
             version, _ = cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
             cp.deploy("mlp", version.number)
@@ -107,9 +100,6 @@ def main() -> None:
             for _ in range(args.rounds):
                 sides["direct"].append(run_load(direct_url, requests=per_round, streams=args.streams))
                 sides["proxy"].append(run_load(proxy_url, requests=per_round, streams=args.streams))
-        finally:
-            stack.stop()
-            db.dispose()
 
     def total(rows: list[dict[str, float]]) -> dict[str, float]:
         reqs = sum(r["requests"] for r in rows)

@@ -30,10 +30,8 @@ from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.analysis import Gates
 from controlplane.domain.models import VersionMetadata
 from controlplane.domain.rollouts import RolloutSpec, RolloutState, Strategy
-from controlplane.registry.db import Database
-from controlplane.runtime.local import LocalStack
 from controlplane.runtime.ports import free_ports
-from controlplane.runtime.wiring import build_services, ensure_pool_rows
+from controlplane.runtime.wiring import local_services
 from controlplane.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,82 +105,68 @@ def main() -> None:
         settings = Settings(
             state_dir=root / "state", api_port=api_port, grpc_port=grpc_port, http_port=http_port
         )
-        db = Database(settings.effective_database_url)
-        db.upgrade()
-        weights = ensure_pool_rows(db, ("blue", "green"))
-        stack = LocalStack(
-            settings.state_dir,
-            host="127.0.0.1",
-            grpc_port=grpc_port,
-            http_port=http_port,
-            pool_names=("blue", "green"),
-            initial_weights=weights,
-        )
-        stack.start()
         ctx = mp.get_context("spawn")
         stop, out, counter = ctx.Event(), ctx.Queue(), ctx.Value("q", 0)
         procs: list[mp.process.BaseProcess] = []
-        services = None
-        try:
-            services = build_services(settings, db, stack)
-            services.router.set_weights(weights)
-            cp, engine = services.cp, services.engine
-            build_examples = _examples()
-            for seed in (1, 2):
-                folder = build_examples.build_mlp(root / f"v{seed}", seed=seed)
-                cp.push(
-                    model="mlp",
-                    archive=pack_directory(folder, root / f"v{seed}.tgz"),
-                    metadata=VersionMetadata(),
-                )
-            cp.deploy("mlp", 1)
+        with local_services(settings, pool_names=("blue", "green")) as (stack, services):
+            try:
+                cp, engine = services.cp, services.engine
+                build_examples = _examples()
+                for seed in (1, 2):
+                    folder = build_examples.build_mlp(root / f"v{seed}", seed=seed)
+                    cp.push(
+                        model="mlp",
+                        archive=pack_directory(folder, root / f"v{seed}.tgz"),
+                        metadata=VersionMetadata(),
+                    )
+                cp.deploy("mlp", 1)
 
-            url = f"127.0.0.1:{grpc_port}"
-            procs = [ctx.Process(target=_client, args=(url, stop, out, counter)) for _ in range(args.streams)]
-            for p in procs:
-                p.start()
-            while counter.value < 2000:  # every client connected and warm
-                time.sleep(0.2)
-            # Baseline: Triton's own load time for the same model on the idle pool, under the same load.
-            green_live = stack.pools["green"].repository.live / "mlp"
-            shutil.copytree(root / "v2" / "mlp", green_live)
-            load_seconds = _triton_load_seconds(stack.pools["green"].grpc_url, "mlp")
-            shutil.rmtree(green_live)
-            time.sleep(args.settle)
-            switches: list[tuple[str, float, float, float, tuple[float, float, float]]] = []
-
-            def switch(label: str, start_rollout) -> None:  # type: ignore[no-untyped-def]
-                t0 = time.time()
-                rollout = start_rollout()
-                rollout = engine.wait(rollout.id, 300)
-                assert rollout.state is RolloutState.SUCCEEDED, rollout.reason
-                at = {e.to_state: e.at.timestamp() for e in rollout.events}
-                full = at[RolloutState.BAKING.value]
-                staged = at[RolloutState.STAGING.value]
-                shifted = at[RolloutState.SHIFTING.value]
-                switches.append(
-                    (label, t0, full, time.time(), (staged - t0, shifted - staged, full - shifted))
-                )
+                url = f"127.0.0.1:{grpc_port}"
+                procs = [
+                    ctx.Process(target=_client, args=(url, stop, out, counter)) for _ in range(args.streams)
+                ]
+                for p in procs:
+                    p.start()
+                while counter.value < 2000:  # every client connected and warm
+                    time.sleep(0.2)
+                # Baseline: Triton's own load time for the same model on the idle pool, under the same load.
+                green_live = stack.pools["green"].repository.live / "mlp"
+                shutil.copytree(root / "v2" / "mlp", green_live)
+                load_seconds = _triton_load_seconds(stack.pools["green"].grpc_url, "mlp")
+                shutil.rmtree(green_live)
                 time.sleep(args.settle)
+                switches: list[tuple[str, float, float, float, tuple[float, float, float]]] = []
 
-            def promote(version: int):  # type: ignore[no-untyped-def]
-                spec = RolloutSpec("mlp", version, Strategy.BLUEGREEN, (100,), 0.0, 0.0, Gates()).validate()
-                return lambda: engine.start(spec, actor="bench")
+                def switch(label: str, start_rollout) -> None:  # type: ignore[no-untyped-def]
+                    t0 = time.time()
+                    rollout = start_rollout()
+                    rollout = engine.wait(rollout.id, 300)
+                    assert rollout.state is RolloutState.SUCCEEDED, rollout.reason
+                    at = {e.to_state: e.at.timestamp() for e in rollout.events}
+                    full = at[RolloutState.BAKING.value]
+                    staged = at[RolloutState.STAGING.value]
+                    shifted = at[RolloutState.SHIFTING.value]
+                    switches.append(
+                        (label, t0, full, time.time(), (staged - t0, shifted - staged, full - shifted))
+                    )
+                    time.sleep(args.settle)
 
-            switch("promote v2", promote(2))
-            switch("rollback to v1", lambda: engine.rollback_model("mlp", actor="bench"))
-            switch("promote v2 again", promote(2))
-            while counter.value < args.min_requests:
-                time.sleep(0.5)
-        finally:
-            stop.set()
-            results = [out.get() for _ in procs] if procs else []
-            for p in procs:
-                p.join()
-            if services is not None:
-                services.engine.stop()
-            stack.stop()
-            db.dispose()
+                def promote(version: int):  # type: ignore[no-untyped-def]
+                    spec = RolloutSpec(
+                        "mlp", version, Strategy.BLUEGREEN, (100,), 0.0, 0.0, Gates()
+                    ).validate()
+                    return lambda: engine.start(spec, actor="bench")
+
+                switch("promote v2", promote(2))
+                switch("rollback to v1", lambda: engine.rollback_model("mlp", actor="bench"))
+                switch("promote v2 again", promote(2))
+                while counter.value < args.min_requests:
+                    time.sleep(0.5)
+            finally:
+                stop.set()
+                results = [out.get() for _ in procs] if procs else []
+                for p in procs:
+                    p.join()
 
     starts = np.concatenate([r[0] for r in results])
     latencies = np.concatenate([r[1] for r in results])

@@ -123,6 +123,10 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
         except ControlPlaneError:
             return None
 
+    def accepted(rollout: Rollout) -> JSONResponse:
+        """202: the rollout goes on in the background; the body is its state now."""
+        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+
     @router.post("/v1/rollouts", response_model=RolloutOut, status_code=202)
     def create(body: RolloutIn, actor: Deployer) -> JSONResponse:
         """Start moving traffic to a version; 409 while another rollout runs on the pools."""
@@ -137,7 +141,7 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
             gates=Gates(**body.gates.model_dump()),
         )
         rollout = engine.start(spec, actor=actor)
-        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+        return accepted(rollout)
 
     @router.get("/v1/rollouts", response_model=list[RolloutOut])
     def list_all(
@@ -153,18 +157,18 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
     def abort(rollout_id: int, actor: Deployer) -> JSONResponse:
         """Roll back: traffic returns to the source pool."""
         rollout = engine.request(rollout_id, RequestedAction.ABORT, actor=actor)
-        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+        return accepted(rollout)
 
     @router.post("/v1/rollouts/{rollout_id}/promote", response_model=RolloutOut, status_code=202)
     def promote(rollout_id: int, actor: Deployer) -> JSONResponse:
         """Skip the remaining steps: all traffic to the target pool, then bake."""
         rollout = engine.request(rollout_id, RequestedAction.PROMOTE, actor=actor)
-        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+        return accepted(rollout)
 
     @router.post("/v1/models/{model}/rollback", response_model=RolloutOut, status_code=202)
     def rollback(model: str, actor: Deployer) -> JSONResponse:
         """Return ``model`` to its previous production version (a weight flip while the old pool is warm)."""
         rollout = engine.rollback_model(model, actor=actor)
-        return JSONResponse(rollout_out(rollout, live_weights()).model_dump(mode="json"), status_code=202)
+        return accepted(rollout)
 
     return router

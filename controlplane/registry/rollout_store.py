@@ -354,6 +354,16 @@ def record_measurement(
     session.flush()
 
 
+def requested_action(session: Session, rollout_id: int) -> RequestedAction | None:
+    """What an operator asked of the rollout, if anything (NotFound for an unknown id)."""
+    row = session.execute(
+        select(RolloutRow.requested_action).where(RolloutRow.id == rollout_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"rollout {rollout_id} does not exist", code="rollout_not_found")
+    return RequestedAction(row[0]) if row[0] else None
+
+
 def request_action(session: Session, rollout_id: int, action: RequestedAction, *, actor: str) -> Rollout:
     """Ask a running rollout to abort or promote; Conflict if it has ended."""
     row, current = _load(session, rollout_id, lock=True)

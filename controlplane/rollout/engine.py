@@ -342,15 +342,19 @@ class RolloutEngine:
         log.warning("rollout %s: staging failed: %s", rollout.id, exc.message)
         if rollout.spec.strategy is not Strategy.INPLACE:
             self._clean_target(rollout)
+        self._mark_failed(rollout, exc.message)
+        self._move(rollout, RolloutState.FAILED, reason=f"staging failed: {exc.message}")
+
+    def _mark_failed(self, rollout: Rollout, why: str) -> None:
+        """Record that the rollout's version failed, and why (it stays deployable again later)."""
         with self.db.transaction() as session:
             store.set_version_state(
                 session,
                 model=rollout.spec.model,
                 number=rollout.spec.version,
                 state=VersionState.FAILED,
-                error=exc.message,
+                error=why,
             )
-        self._move(rollout, RolloutState.FAILED, reason=f"staging failed: {exc.message}")
 
     def _clean_target(self, rollout: Rollout) -> None:
         """Empty the target pool (weight 0): desired release first, then Triton and folders."""
@@ -372,7 +376,9 @@ class RolloutEngine:
             time.sleep(self.settings.poll_interval)
 
     def _action(self, rollout_id: int) -> RequestedAction | None:
-        return self._get(rollout_id).requested_action
+        # Polled every few hundred milliseconds while a step waits: one column, not the whole rollout.
+        with self.db.transaction() as session:
+            return rollout_store.requested_action(session, rollout_id)
 
     def _wait(self, rollout: Rollout, seconds: float) -> RequestedAction | None:
         """Sleep ``seconds`` unless an operator asks for something (or the engine stops)."""
@@ -489,14 +495,7 @@ class RolloutEngine:
             )
             current = self._move(current, RolloutState.ROLLING_BACK, reason=reason, weights=weights)
         if failed:
-            with self.db.transaction() as session:
-                store.set_version_state(
-                    session,
-                    model=rollout.spec.model,
-                    number=rollout.spec.version,
-                    state=VersionState.FAILED,
-                    error=reason,
-                )
+            self._mark_failed(rollout, reason)
         self._finish_rollback(current)
         raise _RolledBack(reason)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from controlplane.artifacts.archive import ArchiveLimits
@@ -78,3 +80,38 @@ def build_services(settings: Settings, db: Database, stack: LocalStack) -> Servi
     return Services(
         cp=cp, engine=engine, router=router, reconciler=Reconciler(cp=cp, engine=engine, router=router)
     )
+
+
+@contextmanager
+def local_services(
+    settings: Settings, *, pool_names: tuple[str, ...]
+) -> Iterator[tuple[LocalStack, Services]]:
+    """A migrated registry, the local stack at its desired weights, and the services around it.
+
+    For code that drives the services in-process (benchmarks, tests); everything
+    started here is stopped on exit, rollout workers first.
+    """
+    db = Database(settings.effective_database_url)
+    services: Services | None = None
+    stack: LocalStack | None = None
+    try:
+        db.upgrade()
+        weights = ensure_pool_rows(db, pool_names)
+        stack = LocalStack(
+            settings.state_dir,
+            host=settings.host,
+            grpc_port=settings.grpc_port,
+            http_port=settings.http_port,
+            pool_names=pool_names,
+            initial_weights=weights,
+        )
+        stack.start()
+        services = build_services(settings, db, stack)
+        services.router.set_weights(weights)
+        yield stack, services
+    finally:
+        if services is not None:
+            services.engine.stop()
+        if stack is not None:
+            stack.stop()
+        db.dispose()

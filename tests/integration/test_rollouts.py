@@ -24,10 +24,9 @@ from controlplane.domain.models import VersionMetadata
 from controlplane.domain.rollouts import RolloutSpec, RolloutState, Strategy
 from controlplane.errors import Conflict
 from controlplane.registry import store
-from controlplane.registry.db import Database
 from controlplane.runtime.local import LocalStack
 from controlplane.runtime.ports import free_ports
-from controlplane.runtime.wiring import Services, build_services, ensure_pool_rows
+from controlplane.runtime.wiring import Services, local_services
 from controlplane.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -49,20 +48,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("rollouts")
     api_port, grpc_port, http_port = free_ports(3)
     settings = Settings(state_dir=root / "state", api_port=api_port, grpc_port=grpc_port, http_port=http_port)
-    db = Database(settings.effective_database_url)
-    db.upgrade()
-    weights = ensure_pool_rows(db, ("blue", "green"))
-    stack = LocalStack(
-        settings.state_dir,
-        host="127.0.0.1",
-        grpc_port=grpc_port,
-        http_port=http_port,
-        pool_names=("blue", "green"),
-    )
-    stack.start()
-    try:
-        services = build_services(settings, db, stack)
-        services.router.set_weights(weights)
+    with local_services(settings, pool_names=("blue", "green")) as (stack, services):
         folders = {
             "v1": examples.build_mlp(root / "v1", seed=1),
             "v2": examples.build_mlp(root / "v2", seed=2),
@@ -78,10 +64,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             for name in ("v1", "v2")
         }
         yield Env(services, stack, f"127.0.0.1:{grpc_port}", outputs)
-    finally:
-        services.engine.stop()
-        stack.stop()
-        db.dispose()
 
 
 @dataclass
