@@ -76,18 +76,18 @@ def _percentiles(latencies: np.ndarray) -> str:
     return f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({latencies.size} req)"
 
 
-def _triton_load_seconds(url: str, model: str, repeat: int = 3) -> float:
-    """Median of unload + load of ``model`` on an idle pool: Triton's own cost, the baseline."""
+def _triton_load_seconds(url: str, model: str, headers: dict[str, str], repeat: int = 3) -> float:
+    """Median of unload + load of ``model`` on an idle pool (``headers``: its admin key): the baseline."""
     client = grpcclient.InferenceServerClient(url)
     samples = []
     for _ in range(repeat):
-        client.unload_model(model)
+        client.unload_model(model, headers=headers)
         while client.is_model_ready(model):
             time.sleep(0.05)
         t0 = time.monotonic()
-        client.load_model(model)
+        client.load_model(model, headers=headers)
         samples.append(time.monotonic() - t0)
-    client.unload_model(model)
+    client.unload_model(model, headers=headers)
     client.close()
     return float(np.median(samples))
 
@@ -132,7 +132,9 @@ def main() -> None:
                 # Baseline: Triton's own load time for the same model on the idle pool, under the same load.
                 green_live = stack.pools["green"].repository.live / "mlp"
                 shutil.copytree(root / "v2" / "mlp", green_live)
-                load_seconds = _triton_load_seconds(stack.pools["green"].grpc_url, "mlp")
+                load_seconds = _triton_load_seconds(
+                    stack.pools["green"].grpc_url, "mlp", stack.pools["green"].admin_headers
+                )
                 shutil.rmtree(green_live)
                 time.sleep(args.settle)
                 switches: list[tuple[str, float, float, float, tuple[float, float, float]]] = []

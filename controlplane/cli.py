@@ -415,10 +415,32 @@ def policy_set(
         list[str] | None,
         typer.Option(help="key:ID, cert:sha256:FP, san:VALUE or oidc:IDENTITY|ISSUER; repeatable."),
     ] = None,
+    allow_code_backends: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-code-backends/--no-allow-code-backends",
+            help="Versions may use backends that run the folder's code (python). Unset: refused.",
+        ),
+    ] = None,
+    code_backends_require_signature: Annotated[
+        bool | None,
+        typer.Option(
+            "--code-backends-require-signature/--no-code-backends-require-signature",
+            help="Such versions need a verified signature to deploy. Unset: required.",
+        ),
+    ] = None,
     api: ApiUrl = DEFAULT_API,
 ) -> None:
-    """Set who must sign the model's versions (admin)."""
-    body = {"require_signature": require_signature, "allowed_signers": allow_signer}
+    """Set who must sign the model's versions and whether it may run code backends (admin).
+
+    Replaces the model's whole policy: options left out follow the global policy.
+    """
+    body = {
+        "require_signature": require_signature,
+        "allowed_signers": allow_signer,
+        "allow_code_backends": allow_code_backends,
+        "code_backends_require_signature": code_backends_require_signature,
+    }
     _print_json(_request("PUT", api, f"/v1/models/{model}/policy", json=body))
 
 
@@ -535,6 +557,56 @@ def token_list(state_dir: StateDir = None, database_url: DbUrl = None) -> None:
     for t in tokens:
         status = "active" if t.active else f"revoked {t.revoked_at:%Y-%m-%d %H:%M}"
         typer.echo(f"{t.name:<24} {t.role:<10} {status}")
+
+
+# -- garbage collection ----------------------------------------------------------------------
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be removed; change nothing.")
+    ] = False,
+    grace_seconds: Annotated[
+        float | None,
+        typer.Option(min=0, help="Keep blobs younger than this [CONTROLPLANE_GC_GRACE_SECONDS]."),
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option(min=0, help="How long to wait for pushes that are storing blobs.")
+    ] = 30.0,
+    state_dir: StateDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Remove artifact blobs that no version and no pool folder references (acts on the state directory)."""
+    from controlplane.artifacts.blobs import BlobStore
+    from controlplane.collector import collect_garbage
+    from controlplane.errors import ControlPlaneError
+    from controlplane.registry.db import Database
+    from controlplane.settings import Settings
+
+    settings = Settings(**({"state_dir": state_dir} if state_dir else {}))
+    db = Database(database_url or settings.effective_database_url)
+    try:
+        db.check_schema()
+        result = collect_garbage(
+            db,
+            BlobStore(settings.artifacts_dir),
+            linked_roots=(settings.pools_dir, settings.uploads_dir),
+            grace_seconds=settings.gc_grace_seconds if grace_seconds is None else grace_seconds,
+            dry_run=dry_run,
+            lock_timeout=lock_timeout,
+            actor=_cli_actor(),
+        )
+    except ControlPlaneError as exc:
+        fail(f"{exc.message} ({exc.code})")
+    except TimeoutError:
+        fail("pushes kept the artifact store busy; try again")
+    finally:
+        db.dispose()
+    for item in result.items:
+        print(f"{item.size:>12}  {item.path}")
+    verb = "would remove" if dry_run else "removed"
+    print(f"{verb} {len(result.items)} blobs, {result.total_bytes} bytes")
 
 
 def main() -> None:

@@ -68,6 +68,12 @@ class TritonUnavailable(ControlPlaneError):
     code = "triton_unavailable"
 
 
+class TritonAccessDenied(ControlPlaneError):
+    """Triton refused an admin call: the control plane does not hold the key this server was started with."""
+
+    code = "triton_access_denied"
+
+
 class ModelLoadFailed(ControlPlaneError):
     """Triton reported the model UNAVAILABLE after a load; ``message`` holds its reason."""
 
@@ -112,3 +118,27 @@ class Forbidden(ControlPlaneError):
     """A valid token whose role does not allow the action."""
 
     code = "forbidden"
+
+
+class DatabaseUnavailable(ControlPlaneError):
+    """The registry database could not be reached or refused the connection (retryable)."""
+
+    code = "database_unavailable"
+
+
+class InvalidData(InvalidInput):
+    """A value the database cannot hold (out of range, a NUL byte): refused before anything changed."""
+
+    code = "invalid_data"
+
+
+class InsufficientStorage(ControlPlaneError):
+    """The disk (or quota) under the state directory is full; the request's input was not at fault."""
+
+    code = "insufficient_storage"
+
+
+class RequestTimeout(ControlPlaneError):
+    """The client sent its request body too slowly."""
+
+    code = "request_timeout"

@@ -14,3 +14,15 @@ DEPLOY_SECONDS = Histogram(
     buckets=(0.5, 1, 2, 3, 5, 10, 20, 40, 80, 160),
     registry=REGISTRY,
 )
+DRIFT = Counter(
+    "controlplane_drift_repairs_total",
+    "Differences between a pool and its recorded release that the reconciler found and repaired.",
+    ["pool", "kind"],
+    registry=REGISTRY,
+)
+AUTH_REFUSALS = Counter(
+    "controlplane_auth_refusals_total",
+    "API requests refused with 401 or 403, by status and reason (never by token).",
+    ["status", "reason"],
+    registry=REGISTRY,
+)

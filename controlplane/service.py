@@ -20,14 +20,16 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
-from controlplane.artifacts.ingest import ingest_archive
+from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS
+from controlplane.artifacts.ingest import IngestedArtifact, ingest_archive
+from controlplane.artifacts.model_config import ConfigReview, code_runners_of
 from controlplane.artifacts.signatures import SignatureRejected, TrustedSigners, verify_folder
 from controlplane.domain.models import (
     Deployment,
@@ -43,8 +45,10 @@ from controlplane.domain.policy import (
     SignaturePolicy,
     SignatureRecord,
     check_deployable,
+    check_pushable,
     effective_policy,
 )
+from controlplane.domain.redaction import redact
 from controlplane.errors import (
     ArtifactCorrupted,
     Conflict,
@@ -55,10 +59,11 @@ from controlplane.errors import (
     SmokeTestFailed,
     TritonUnavailable,
 )
-from controlplane.metrics import DEPLOY_SECONDS, DEPLOYS, PUSHES
+from controlplane.metrics import DEPLOY_SECONDS, DEPLOYS, DRIFT, PUSHES
 from controlplane.pools import Pool, install
 from controlplane.registry import rollout_store, signature_store, store
 from controlplane.registry.db import Database
+from controlplane.triton.drift import config_drift
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,7 @@ class ControlPlane:
         load_timeout: float = 120.0,
         trusted: TrustedSigners | None = None,
         global_policy: SignaturePolicy | None = None,
+        allowed_backends: Collection[str] = DEFAULT_ALLOWED_BACKENDS,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -98,6 +104,9 @@ class ControlPlane:
         self.load_timeout = load_timeout
         self.trusted = trusted or TrustedSigners()
         self.global_policy = global_policy or SignaturePolicy()
+        self.allowed_backends = tuple(allowed_backends)
+        self.after_deploy: Callable[[], None] | None = None
+        """Called after every successful deploy (the composition root wakes the reconciler)."""
 
     # registry -----------------------------------------------------------------
 
@@ -106,14 +115,33 @@ class ControlPlane:
     ) -> tuple[ModelVersion, bool]:
         """Ingest an archive as a new version of ``model`` (or return the identical one)."""
         name = validate_model_name(model)
-        try:
-            artifact = ingest_archive(
-                archive, model_name=name, store=self.blobs, work_dir=self.uploads_dir, limits=self.limits
-            )
-        except ControlPlaneError as exc:
-            PUSHES.labels("rejected").inc()
-            self._audit(actor, "push", name, "rejected", {"code": exc.code, "error": exc.message})
-            raise
+
+        def admit(review: ConfigReview) -> None:
+            check_pushable(model=name, code_runners=review.code_runners, policy=self.policy_of(name)[1])
+
+        # Held from the first stored blob until the version is committed: gc never takes these blobs.
+        with self.blobs.writing():
+            try:
+                artifact = ingest_archive(
+                    archive,
+                    model_name=name,
+                    store=self.blobs,
+                    work_dir=self.uploads_dir,
+                    limits=self.limits,
+                    allowed_backends=self.allowed_backends,
+                    admit=admit,
+                )
+            except ControlPlaneError as exc:
+                PUSHES.labels("rejected").inc()
+                self._audit(actor, "push", name, "rejected", {"code": exc.code, "error": exc.message})
+                raise
+            version, created = self._register(name, artifact, metadata, actor)
+        PUSHES.labels("created" if created else "unchanged").inc()
+        return version, created
+
+    def _register(
+        self, name: ModelName, artifact: IngestedArtifact, metadata: VersionMetadata, actor: str
+    ) -> tuple[ModelVersion, bool]:
         with self.db.transaction() as session:
             version, created = store.register_version(
                 session,
@@ -132,7 +160,6 @@ class ControlPlane:
                 outcome="created" if created else "unchanged",
                 details={"digest": version.digest, "files": len(version.manifest)},
             )
-        PUSHES.labels("created" if created else "unchanged").inc()
         return version, created
 
     def list_models(self) -> list[Model]:
@@ -207,12 +234,14 @@ class ControlPlane:
         return own, effective_policy(self.global_policy, own)
 
     def set_policy(self, model: str, policy: ModelPolicy, *, actor: str) -> ModelPolicy:
+        """Set a model's own policy (the model need not have a version yet)."""
+        validate_model_name(model)
         SignaturePolicy(allowed_signers=policy.allowed_signers or ()).validate()
         with self.db.transaction() as session:
             return signature_store.set_policy(session, model, policy, actor=actor)
 
     def check_deployable(self, model: str, number: int) -> None:
-        """PolicyViolation unless ``number`` meets its model's signature policy."""
+        """PolicyViolation unless ``number`` meets its model's policy (signatures, code backends)."""
         version = self.get_version(model, number)
         _own, policy = self.policy_of(model)
         check_deployable(
@@ -221,7 +250,23 @@ class ControlPlane:
             manifest=version.manifest,
             signature=self.signature_of(model, number),
             policy=policy,
+            code_runners=self._code_runners(version),
         )
+
+    def _code_runners(self, version: ModelVersion) -> tuple[str, ...]:
+        """What in the version's stored config.pbtxt runs folder code, read from the verified blob.
+
+        Read at every check rather than stored at push, so versions pushed
+        before these rules existed are judged by them too.
+        """
+        entry = next((e for e in version.manifest if e.path == "config.pbtxt"), None)
+        if entry is None:
+            raise ArtifactCorrupted(f"{version.model} version {version.number} has no config.pbtxt")
+        return code_runners_of(self.blobs.verify(entry.sha256, entry.size).read_bytes())
+
+    def redact(self, text: str) -> str:
+        """``text`` (a Triton or backend reason) without server paths or stack traces."""
+        return redact(text, model_roots=[str(p.repository.live) for p in self.pools.values()])
 
     # deploy -------------------------------------------------------------------
 
@@ -275,9 +320,10 @@ class ControlPlane:
                     load_timeout=self.load_timeout,
                 )
             except (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted) as exc:
+                reason = self.redact(exc.message)
                 with self.db.transaction() as session:
                     store.set_version_state(
-                        session, model=model, number=number, state=VersionState.FAILED, error=exc.message
+                        session, model=model, number=number, state=VersionState.FAILED, error=reason
                     )
                     store.append_event(
                         session,
@@ -285,11 +331,11 @@ class ControlPlane:
                         action="deploy",
                         target=f"{model}/{number}",
                         outcome="failed",
-                        details={"pool": target.name, "code": exc.code, "error": exc.message},
+                        details={"pool": target.name, "code": exc.code, "error": reason},
                     )
                 DEPLOYS.labels("failed").inc()
                 raise DeployFailed(
-                    f"deploy of {model} version {number} failed: {exc.message}",
+                    f"deploy of {model} version {number} failed: {reason}",
                     details={"cause": exc.code, "still_serving": current.version if current else None},
                 ) from exc
             with self.db.transaction() as session:
@@ -314,6 +360,8 @@ class ControlPlane:
                 deployment = store.find_deployment(session, model=model, pool=target.name)
             DEPLOYS.labels("serving").inc()
             DEPLOY_SECONDS.observe(time.monotonic() - started)
+            if self.after_deploy is not None:
+                self.after_deploy()
             assert deployment is not None
             return deployment
 
@@ -339,6 +387,17 @@ class ControlPlane:
         return changes
 
     def _reconcile_pool(self, pool: Pool) -> list[str]:
+        """Find where ``pool`` differs from its recorded release and repair it.
+
+        Drift is what nobody recorded: a model folder or a loaded model or
+        version that is not in the release, files in a model folder that are
+        not the staged blobs, a configuration Triton runs that is not the
+        staged config.pbtxt (a load with an override), or a released model
+        that is not READY. Each one found is repaired, counted and audited.
+        Repairs go through ``install`` (build aside, swap in, load, smoke-test)
+        so that a repair never leaves a half-staged folder; a fresh folder is
+        also what makes Triton drop a configuration override.
+        """
         changes: list[str] = []
         pool.repository.clear_staging()
         with self.db.transaction() as session:
@@ -346,44 +405,72 @@ class ControlPlane:
                 d.model: store.get_version(session, d.model, d.version)
                 for d in store.list_deployments(session, pool=pool.name)
             }
+        loaded = pool.triton.repository_index()
         for name in pool.repository.live_models():
             if name not in wanted:
+                self._drift(pool, name, "unexpected_folder", "a model folder that no release names")
                 pool.repository.remove(name)
                 changes.append(f"removed {name} from {pool.name}")
-        loaded = {(s.name, s.version): s.state for s in pool.triton.repository_index()}
         for name, version in wanted.items():
-            on_disk = pool.repository.matches(version, self.blobs)
-            ready = loaded.get((name, str(version.number))) == "READY"
-            if on_disk and ready:
+            problems = self._model_drift(pool, version, loaded)
+            if not problems:
                 continue
+            kind, detail = problems[0]
+            self._drift(pool, name, kind, "; ".join(d for _k, d in problems))
             try:
-                if not on_disk:
-                    built = pool.repository.build(version, self.blobs, verify=True)
-                    old = pool.repository.activate(name, built)
-                    if old is not None:
-                        shutil.rmtree(old, ignore_errors=True)
-                pool.triton.load(name, version.number, timeout=self.load_timeout)
-            except (ModelLoadFailed, ArtifactCorrupted) as exc:
+                install(pool, version, self.blobs, previous=version.number, load_timeout=self.load_timeout)
+            except (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted) as exc:
                 # Permanent for this version: report it and go on with the other models.
                 log.error("reconcile: %s version %s on %s: %s", name, version.number, pool.name, exc)
                 changes.append(f"failed {name} version {version.number} on {pool.name}: {exc.message}")
                 continue
-            changes.append(f"loaded {name} version {version.number} on {pool.name}")
-        for (name, _version), state in loaded.items():
-            if name not in wanted and state == "READY":
-                pool.triton.unload(name)
-                changes.append(f"unloaded {name} from {pool.name}")
+            changes.append(f"repaired {name} version {version.number} on {pool.name} ({kind}: {detail})")
+        for name in sorted({s.name for s in loaded if s.state == "READY"} - set(wanted)):
+            self._drift(pool, name, "unexpected_model", "loaded in Triton but in no release")
+            pool.triton.unload(name)
+            changes.append(f"unloaded {name} from {pool.name}")
         return changes
+
+    def _model_drift(self, pool: Pool, version: ModelVersion, loaded: list) -> list[tuple[str, str]]:
+        """(kind, detail) for each way ``pool`` does not serve exactly ``version``; [] if it does."""
+        name = version.model
+        files = pool.repository.differences(version, self.blobs)
+        if files:
+            return [("files", f) for f in files]
+        states = {s.version: s.state for s in loaded if s.name == name}
+        others = sorted(v for v, state in states.items() if state == "READY" and v != str(version.number))
+        if others:
+            return [("unexpected_version", f"version {', '.join(others)} is loaded")]
+        if states.get(str(version.number)) != "READY":
+            state = states.get(str(version.number)) or "absent"
+            return [("not_loaded", f"version {version.number} is {state}")]
+        staged = (pool.repository.live / name / "config.pbtxt").read_text(encoding="utf-8")
+        try:
+            differences = config_drift(staged, pool.triton.model_config(name))
+        except ModelLoadFailed:
+            return []
+        return [("config", d) for d in differences]
+
+    def _drift(self, pool: Pool, model: str, kind: str, detail: str) -> None:
+        log.warning("drift on pool %s, model %s (%s): %s", pool.name, model, kind, detail)
+        DRIFT.labels(pool.name, kind).inc()
+        self._audit(
+            "reconciler", "drift.repair", f"{pool.name}/{model}", kind, {"pool": pool.name, "detail": detail}
+        )
 
     # health -------------------------------------------------------------------
 
     def model_health(self, model: str) -> ModelHealth:
         """READY on every pool that serves it? NotFound for an unknown model."""
         info = self.get_model(model)
-        if not info.deployments:
+        with self.db.transaction() as session:
+            weights = rollout_store.pool_weights(session)
+        # A standby (weight 0) serves no client: its state is not the model's health.
+        serving = [d for d in info.deployments if weights.get(d.pool, 0) > 0]
+        if not serving:
             return ModelHealth(model, False, f"model {model!r} is not deployed on any pool", {})
         states: dict[str, str] = {}
-        for d in info.deployments:
+        for d in serving:
             pool = self.pools.get(d.pool)
             if pool is None:
                 states[d.pool] = "unknown pool"
@@ -392,7 +479,9 @@ class ControlPlane:
             else:
                 statuses = [s for s in _safe_status(pool, model) if s.version == str(d.version)]
                 states[d.pool] = (
-                    f"{statuses[0].state}: {statuses[0].reason}".rstrip(": ") if statuses else "not loaded"
+                    f"{statuses[0].state}: {self.redact(statuses[0].reason)}".rstrip(": ")
+                    if statuses
+                    else "not loaded"
                 )
         not_ready = {p: s for p, s in states.items() if s != "READY"}
         if not_ready:

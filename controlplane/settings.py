@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS
 from controlplane.artifacts.signatures import TrustedSigners
 
 
@@ -51,6 +52,51 @@ class Settings(BaseSettings):
     auth_required: bool = Field(default=True, description="Mutating endpoints need an API token.")
     open_reads: bool = Field(default=False, description="Read endpoints answer without a token.")
     auto_migrate: bool = Field(default=True, description="`up` upgrades the schema before starting.")
+    triton_user: str = Field(
+        default="controlplane-triton",
+        description="Account tritonserver (and model code) runs as when the control plane is root; "
+        "empty: do not switch.",
+    )
+    allowed_backends: str = Field(
+        default=",".join(DEFAULT_ALLOWED_BACKENDS),
+        description="Comma-separated backends a config.pbtxt may name (platforms follow their backend).",
+    )
+    gc_interval_seconds: float = Field(
+        default=3600.0, ge=0, description="Period of the artifact garbage collection; 0 disables it."
+    )
+    gc_grace_seconds: float = Field(
+        default=3600.0, ge=0, description="Unreferenced blobs younger than this are kept."
+    )
+    standby_warm: bool = Field(
+        default=True,
+        description="Pools without traffic keep the production models loaded, so the proxy can fail over "
+        "to them when the serving Triton dies (costs the memory of a second copy of each model).",
+    )
+    max_json_bytes: int = Field(default=1024**2, gt=0, description="Largest JSON (non-upload) request body.")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest request line plus headers of one API request."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A client must finish its request line and headers within this."
+    )
+    body_idle_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait for the next chunk of a request body."
+    )
+    min_upload_bytes_per_second: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="Slowest accepted body rate once the idle timeout has passed (0: no rate limit).",
+    )
+    keep_alive_seconds: int = Field(default=5, ge=1, description="Idle keep-alive connections close.")
+    min_free_bytes: int = Field(
+        default=1024**3, ge=0, description="/readyz fails when the state directory has less free space."
+    )
+    refusal_audit_burst: int = Field(
+        default=20, ge=1, description="401/403 audit rows written at once before rate limiting."
+    )
+    refusal_audit_per_second: float = Field(
+        default=1.0, gt=0, description="401/403 audit rows per second after the burst."
+    )
 
     @field_validator("state_dir")
     @classmethod
@@ -90,3 +136,7 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.state_dir / "uploads"
+
+    @property
+    def allowed_backend_names(self) -> tuple[str, ...]:
+        return tuple(b.strip() for b in self.allowed_backends.split(",") if b.strip())

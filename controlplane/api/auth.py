@@ -1,14 +1,23 @@
-"""Bearer-token authentication and role checks for the REST API."""
+"""Bearer-token authentication and role checks for the REST API.
+
+The token is resolved by ``RequestGuard`` (see ``controlplane.api.guard``)
+before the application reads a byte of the body; the route's dependency then
+only checks the role of the caller the guard found. Every refusal goes
+through ``RefusalRecorder``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from controlplane.domain.auth import Permission, allows
+from controlplane.api.refusals import RefusalRecorder
+from controlplane.domain.auth import Permission, Role, allows
+from controlplane.domain.limits import has_control_characters
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
@@ -17,35 +26,119 @@ _bearer = HTTPBearer(auto_error=False, description="An API token: `controlplane 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 ANONYMOUS = "anonymous"
+CALLER_KEY = "controlplane.caller"
+# Tokens are 47 characters; anything far longer is not one of ours and is not hashed or looked up.
+_MAX_TOKEN_CHARS = 256
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+MESSAGES = {
+    "missing_token": "this endpoint needs an API token: send 'Authorization: Bearer <token>'",
+    "bad_scheme": "the Authorization header must be 'Bearer <token>'",
+    "unknown_token": "the API token is unknown or revoked",
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a token's name and role, or anonymous (``role`` None)."""
+
+    name: str
+    role: Role | None = None
+
+
+ANONYMOUS_CALLER = Caller(ANONYMOUS)
+
+
+def caller_of(scope: Mapping) -> Caller | None:
+    """The caller the guard resolved for this request (None when no guard ran)."""
+    state = scope.get("state")
+    return state.get(CALLER_KEY) if isinstance(state, dict) else None
+
+
+def client_address(scope: Mapping) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
 class Authenticator:
-    """Turns the request's bearer token into an actor name, or refuses the request."""
+    """Turns the request's bearer token into a caller, or refuses the request."""
 
-    def __init__(self, db: Database, *, required: bool = True, open_reads: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        required: bool = True,
+        open_reads: bool = False,
+        recorder: RefusalRecorder | None = None,
+    ) -> None:
         self.db = db
         self.required = required
         self.open_reads = open_reads
+        self.recorder = recorder or RefusalRecorder(db)
 
-    def require(self, permission: Permission) -> Callable[[HTTPAuthorizationCredentials | None], str]:
-        """A FastAPI dependency: the actor's name if its token's role allows ``permission``."""
+    def needs_token(self, *, method: str, path: str, query: Mapping[str, str], has_credentials: bool) -> bool:
+        """Whether a request must carry a valid token before anything else happens."""
+        if not self.required:
+            return False
+        if path in OPEN_PATHS and not (path == "/healthz" and "model" in query):
+            return False
+        return not (self.open_reads and method in READ_METHODS and not has_credentials)
 
-        def dependency(credentials: Credentials) -> str:
-            if not self.required or (
-                permission is Permission.READ and self.open_reads and credentials is None
-            ):
+    def lookup(self, authorization: str | None) -> Caller | str:
+        """The caller whose token this header carries, or the reason it is refused.
+
+        Blocking (database): call it from a worker thread. DatabaseUnavailable propagates.
+        """
+        if authorization is None:
+            return "missing_token"
+        scheme, _sep, secret = authorization.strip().partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            return "bad_scheme"
+        if len(secret) > _MAX_TOKEN_CHARS or has_control_characters(secret):
+            return "unknown_token"
+        with self.db.transaction() as session:
+            token = token_store.authenticate(session, secret)
+        return Caller(token.name, token.role) if token is not None else "unknown_token"
+
+    def refuse(self, scope: Mapping, *, status: int, reason: str, actor: str = ANONYMOUS) -> None:
+        """Record a refusal of the request in ``scope`` (metric, log, rate-limited audit row)."""
+        self.recorder.record(
+            status=status,
+            reason=reason,
+            actor=actor,
+            method=str(scope.get("method", "")),
+            path=str(scope.get("path", "")),
+            client=client_address(scope),
+        )
+
+    def require(self, permission: Permission) -> Callable[..., str]:
+        """A FastAPI dependency: the caller's name if its token's role allows ``permission``."""
+
+        def dependency(request: Request, _credentials: Credentials) -> str:
+            if not self.required:
                 return ANONYMOUS
-            if credentials is None or credentials.scheme.lower() != "bearer":
-                raise Unauthorized("this endpoint needs an API token: send 'Authorization: Bearer <token>'")
-            with self.db.transaction() as session:
-                token = token_store.authenticate(session, credentials.credentials)
-            if token is None:
-                raise Unauthorized("the API token is unknown or revoked")
-            if not allows(token.role, permission):
+            caller = caller_of(request.scope)
+            if caller is None:
+                # No guard in front of this app: resolve the token here.
+                found = self.lookup(request.headers.get("authorization"))
+                if isinstance(found, str) and found != "missing_token":
+                    self.refuse(request.scope, status=401, reason=found)
+                    raise Unauthorized(MESSAGES[found])
+                caller = found if isinstance(found, Caller) else ANONYMOUS_CALLER
+            if caller.role is None:
+                if permission is Permission.READ and self.open_reads:
+                    return ANONYMOUS
+                self.refuse(request.scope, status=401, reason="missing_token")
+                raise Unauthorized(MESSAGES["missing_token"])
+            if not allows(caller.role, permission):
+                self.refuse(request.scope, status=403, reason="role", actor=caller.name)
                 raise Forbidden(
-                    f"token {token.name!r} has role {token.role}, which may not {permission}",
-                    details={"role": token.role.value, "needs": permission.value},
+                    f"token {caller.name!r} has role {caller.role}, which may not {permission}",
+                    details={"role": caller.role.value, "needs": permission.value},
                 )
-            return token.name
+            return caller.name
 
         return dependency

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -9,7 +12,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane import errors
 
+log = logging.getLogger("controlplane.api")
+
 STATUS_BY_TYPE: tuple[tuple[type[errors.ControlPlaneError], int], ...] = (
+    (errors.DatabaseUnavailable, 503),
+    (errors.InsufficientStorage, 507),
+    (errors.RequestTimeout, 408),
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.NotFound, 404),
@@ -21,6 +29,7 @@ STATUS_BY_TYPE: tuple[tuple[type[errors.ControlPlaneError], int], ...] = (
     (errors.ArtifactCorrupted, 422),
     (errors.StaleSchema, 503),
     (errors.TritonUnavailable, 503),
+    (errors.TritonAccessDenied, 503),
     (errors.ProxyError, 503),
 )
 
@@ -31,6 +40,18 @@ def status_for(exc: errors.ControlPlaneError) -> int:
         if isinstance(exc, kind):
             return status
     return 500
+
+
+_CLOSE_AFTER = frozenset({408, 413})
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _internal(request: Request, exc: BaseException) -> JSONResponse:
+    """500 with a stable code; the trace goes to the server log, never to the client."""
+    log.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", "the control plane failed unexpectedly; see its log"), status_code=500
+    )
 
 
 def error_body(code: str, message: str, details: object = None) -> dict:
@@ -47,9 +68,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain(_request: Request, exc: errors.ControlPlaneError) -> JSONResponse:
         status = status_for(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status in _CLOSE_AFTER:
+            # The rest of the body was not read: close rather than drain what the client still sends.
+            headers = {"Connection": "close"}
         return JSONResponse(
             error_body(exc.code, exc.message, exc.details), status_code=status, headers=headers
         )
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in _DISK_FULL:
+            log.error("%s %s: disk full: %s", request.method, request.url.path, exc)
+            error = errors.InsufficientStorage("the server has no space left; try again later")
+            return JSONResponse(error_body(error.code, error.message), status_code=507)
+        return _internal(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,13 +3,14 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.api.auth import Authenticator
 from controlplane.domain.analysis import Gates
 from controlplane.domain.auth import Permission
+from controlplane.domain.limits import MAX_ID
 from controlplane.domain.models import validate_model_name
 from controlplane.domain.rollouts import RequestedAction, Rollout, Strategy, make_spec
 from controlplane.errors import ControlPlaneError
@@ -20,17 +21,21 @@ class GatesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_error_rate: float | None = Field(default=None, ge=0, le=1, description="fraction of failed requests")
-    max_p99_ms: float | None = Field(default=None, gt=0)
-    min_requests: int = Field(default=20, ge=0, description="below this, the error-rate gate lacks data")
+    max_p99_ms: float | None = Field(default=None, gt=0, le=86_400_000)
+    min_requests: int = Field(
+        default=20, ge=0, le=MAX_ID, description="below this, the error-rate gate lacks data"
+    )
 
 
 class RolloutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    version: int = Field(ge=1)
+    model: str = Field(max_length=256)
+    version: int = Field(ge=1, le=MAX_ID)
     strategy: Literal["bluegreen", "canary", "inplace"] = "canary"
-    steps: list[int] | None = Field(default=None, description="percent of traffic per step, ending at 100")
+    steps: list[Annotated[int, Field(ge=0, le=100)]] | None = Field(
+        default=None, max_length=100, description="percent of traffic per step, ending at 100"
+    )
     step_seconds: float = Field(default=30.0, ge=0, le=3600)
     bake_seconds: float = Field(default=60.0, ge=0, le=86400)
     gates: GatesIn = Field(default_factory=GatesIn)
@@ -116,6 +121,7 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
     router = APIRouter(tags=["rollouts"])
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
     Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
+    RolloutId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
     def live_weights() -> dict[str, int] | None:
         try:
@@ -150,24 +156,25 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
         return [rollout_out(r) for r in engine.list(active_only=active, limit=limit)]
 
     @router.get("/v1/rollouts/{rollout_id}", response_model=RolloutOut)
-    def get(rollout_id: int, _actor: Reader) -> RolloutOut:
+    def get(rollout_id: RolloutId, _actor: Reader) -> RolloutOut:
         return rollout_out(engine.get(rollout_id), live_weights())
 
     @router.post("/v1/rollouts/{rollout_id}/abort", response_model=RolloutOut, status_code=202)
-    def abort(rollout_id: int, actor: Deployer) -> JSONResponse:
+    def abort(rollout_id: RolloutId, actor: Deployer) -> JSONResponse:
         """Roll back: traffic returns to the source pool."""
         rollout = engine.request(rollout_id, RequestedAction.ABORT, actor=actor)
         return accepted(rollout)
 
     @router.post("/v1/rollouts/{rollout_id}/promote", response_model=RolloutOut, status_code=202)
-    def promote(rollout_id: int, actor: Deployer) -> JSONResponse:
+    def promote(rollout_id: RolloutId, actor: Deployer) -> JSONResponse:
         """Skip the remaining steps: all traffic to the target pool, then bake."""
         rollout = engine.request(rollout_id, RequestedAction.PROMOTE, actor=actor)
         return accepted(rollout)
 
     @router.post("/v1/models/{model}/rollback", response_model=RolloutOut, status_code=202)
-    def rollback(model: str, actor: Deployer) -> JSONResponse:
+    def rollback(model: Annotated[str, Path(max_length=256)], actor: Deployer) -> JSONResponse:
         """Return ``model`` to its previous production version (a weight flip while the old pool is warm)."""
+        validate_model_name(model)
         rollout = engine.rollback_model(model, actor=actor)
         return accepted(rollout)
 

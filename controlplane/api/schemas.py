@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controlplane.domain import models as d
+from controlplane.domain.limits import has_control_characters
 from controlplane.domain.policy import ModelPolicy, SignaturePolicy, SignatureRecord
 
 
@@ -100,12 +101,28 @@ class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     require_signature: bool | None = None
-    allowed_signers: list[str] | None = Field(default=None, max_length=100)
+    allowed_signers: list[Annotated[str, Field(max_length=512)]] | None = Field(default=None, max_length=100)
+    allow_code_backends: bool | None = Field(
+        default=None, description="Versions may use backends that run code from the model folder (python)."
+    )
+    code_backends_require_signature: bool | None = Field(
+        default=None, description="Such versions need a verified signature to be deployed (default true)."
+    )
+
+    @field_validator("allowed_signers")
+    @classmethod
+    def _printable(cls, value: list[str] | None) -> list[str] | None:
+        for signer in value or ():
+            if has_control_characters(signer):
+                raise ValueError("a signer name may not hold control characters")
+        return value
 
 
 class PolicyOut(BaseModel):
     require_signature: bool | None
     allowed_signers: list[str] | None
+    allow_code_backends: bool | None = None
+    code_backends_require_signature: bool | None = None
     effective: dict[str, Any]
 
 
@@ -122,9 +139,13 @@ def policy_out(own: ModelPolicy | None, effective: SignaturePolicy) -> PolicyOut
     return PolicyOut(
         require_signature=own.require_signature if own else None,
         allowed_signers=list(own.allowed_signers) if own and own.allowed_signers is not None else None,
+        allow_code_backends=own.allow_code_backends if own else None,
+        code_backends_require_signature=own.code_backends_require_signature if own else None,
         effective={
             "require_signature": effective.require_signature,
             "allowed_signers": list(effective.allowed_signers),
+            "allow_code_backends": effective.allow_code_backends,
+            "code_backends_require_signature": effective.code_backends_require_signature,
         },
     )
 

@@ -8,10 +8,13 @@ into a Triton repository cannot be changed through the store.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from controlplane.errors import ArtifactCorrupted
@@ -34,11 +37,51 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 
 class BlobStore:
-    """Blobs under ``root/sha256/<2 hex>/<64 hex>``."""
+    """Blobs under ``root/sha256/<2 hex>/<64 hex>``.
+
+    Garbage collection removes blobs no version references. A push stores its
+    blobs before its version is committed, so pushes hold :meth:`writing`
+    (a shared lock on ``root/gc.lock``) from the first blob until the commit
+    and the collector holds :meth:`collecting` (the same lock, exclusive).
+    """
+
+    LOCK_NAME = "gc.lock"
 
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "sha256").mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold off garbage collection while blobs are stored for a version not yet committed."""
+        with self._lock(fcntl.LOCK_SH, timeout=None):
+            yield
+
+    @contextlib.contextmanager
+    def collecting(self, *, timeout: float | None) -> Iterator[None]:
+        """Exclusive against every push in progress; TimeoutError after ``timeout`` seconds of waiting."""
+        with self._lock(fcntl.LOCK_EX, timeout=timeout):
+            yield
+
+    @contextlib.contextmanager
+    def _lock(self, kind: int, *, timeout: float | None) -> Iterator[None]:
+        fd = os.open(self.root / self.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if timeout is None:
+                fcntl.flock(fd, kind)
+            else:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise TimeoutError("a push is storing blobs") from None
+                        time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def path_for(self, sha256: str) -> Path:
         if not _SHA256.fullmatch(sha256):
@@ -53,8 +96,13 @@ class BlobStore:
         dest = self.path_for(sha256)
         if dest.is_file():
             src.unlink()
+            # A blob reused by a new push is young again: the collector's grace age counts from here.
+            with contextlib.suppress(OSError):
+                os.utime(dest)
             return dest
         dest.parent.mkdir(exist_ok=True)
+        # Extraction may have kept the archive's old timestamps; the grace age counts from storing.
+        os.utime(src)
         os.chmod(src, 0o444)
         try:
             os.rename(src, dest)

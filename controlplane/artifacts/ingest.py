@@ -8,22 +8,59 @@ and are left for garbage collection.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.artifacts.archive import ArchiveLimits, extract_archive, find_model_root
 from controlplane.artifacts.blobs import BlobStore, sha256_file
-from controlplane.artifacts.model_config import read_signature
+from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS, FolderFiles
+from controlplane.artifacts.model_config import ConfigReview, read_signature, review_model_folder
 from controlplane.domain.models import (
     ManifestEntry,
     ModelSignature,
     manifest_digest,
     version_directory,
 )
-from controlplane.errors import InvalidModelConfig, PayloadTooLarge
+from controlplane.errors import (
+    ControlPlaneError,
+    InsufficientStorage,
+    InvalidModelConfig,
+    PayloadTooLarge,
+)
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return True
+        exc = exc.__cause__
+    return False
+
+
+@contextmanager
+def disk_full_is_ours() -> Iterator[None]:
+    """Turn a full disk or quota (also behind an archive refusal) into InsufficientStorage.
+
+    The client's archive is not at fault when the server's disk is full, so
+    it must never be answered as a refused archive.
+    """
+    try:
+        yield
+    except (OSError, ControlPlaneError) as exc:
+        if _is_disk_full(exc):
+            raise InsufficientStorage(
+                "the server has no space left to store this upload; try again later"
+            ) from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -44,20 +81,25 @@ class UploadSink:
         self.path = directory / f"{uuid.uuid4().hex}.upload"
         self.max_bytes = max_bytes
         self.size = 0
-        self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close()/discard()
+        with disk_full_is_ours():
+            self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close()/discard()
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
             raise PayloadTooLarge(f"upload is larger than the limit of {self.max_bytes} bytes")
-        self._file.write(chunk)
+        with disk_full_is_ours():
+            self._file.write(chunk)
 
     def close(self) -> Path:
-        self._file.close()
+        with disk_full_is_ours():
+            self._file.close()
         return self.path
 
     def discard(self) -> None:
-        self._file.close()
+        # A full disk fails the flush; the file is removed all the same.
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -77,8 +119,35 @@ def ingest_archive(
     store: BlobStore,
     work_dir: Path,
     limits: ArchiveLimits,
+    allowed_backends: Collection[str] = DEFAULT_ALLOWED_BACKENDS,
+    admit: Callable[[ConfigReview], None] | None = None,
 ) -> IngestedArtifact:
-    """Extract ``archive`` into ``work_dir``, check it as a Triton model folder, store its files."""
+    """Extract ``archive`` into ``work_dir``, check it as a Triton model folder, store its files.
+
+    ``admit`` sees the reviewed config before any blob is stored and may refuse it (policy).
+    """
+    with disk_full_is_ours():
+        return _ingest(
+            archive,
+            model_name=model_name,
+            store=store,
+            work_dir=work_dir,
+            limits=limits,
+            allowed_backends=allowed_backends,
+            admit=admit,
+        )
+
+
+def _ingest(
+    archive: Path,
+    *,
+    model_name: str,
+    store: BlobStore,
+    work_dir: Path,
+    limits: ArchiveLimits,
+    allowed_backends: Collection[str],
+    admit: Callable[[ConfigReview], None] | None,
+) -> IngestedArtifact:
     work_dir.mkdir(parents=True, exist_ok=True)
     # Files are hashed while they are extracted: one pass over the bytes, not two.
     digests: dict[str, tuple[str, int]] = {}
@@ -88,7 +157,8 @@ def ingest_archive(
         config_path = root / "config.pbtxt"
         if not config_path.is_file():
             raise InvalidModelConfig("the model folder has no config.pbtxt")
-        signature = read_signature(config_path.read_bytes(), model_name=model_name)
+        config_text = config_path.read_bytes()
+        read_signature(config_text, model_name=model_name)
         prefix = root.relative_to(extracted).as_posix()
 
         def digest_of(rel: str, full: Path) -> tuple[str, int]:
@@ -99,6 +169,15 @@ def ingest_archive(
         manifest = tuple(ManifestEntry(path=rel, size=size, sha256=sha) for rel, _full, sha, size in hashed)
         source_version_dir = version_directory(manifest)
         digest = manifest_digest(manifest)
+        review = review_model_folder(
+            config_text,
+            model_name=model_name,
+            files=FolderFiles(paths={e.path for e in manifest}, version_dir=source_version_dir),
+            allowed_backends=allowed_backends,
+        )
+        if admit is not None:
+            admit(review)
+        signature = review.signature
         for _rel, full, sha, _size in hashed:
             store.put(full, sha)
         return IngestedArtifact(

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
+
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from controlplane.artifacts.config_fields import (
+    DEFAULT_ALLOWED_BACKENDS,
+    FolderFiles,
+    check_backend,
+    check_path_fields,
+    code_runners,
+)
 from controlplane.domain.models import ModelSignature, TensorSpec
 from controlplane.errors import InvalidModelConfig
 
@@ -70,12 +80,48 @@ def model_signature(config: model_config_pb2.ModelConfig, *, model_name: str) ->
     )
 
 
-def read_signature(config_text: bytes, *, model_name: str) -> ModelSignature:
-    """Decode, parse and check config.pbtxt bytes."""
+def decode_config(config_text: bytes) -> model_config_pb2.ModelConfig:
+    """Decode and parse config.pbtxt bytes (size, encoding and syntax checked)."""
     if len(config_text) > MAX_CONFIG_BYTES:
         raise InvalidModelConfig(f"config.pbtxt is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         text = config_text.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidModelConfig(f"config.pbtxt is not UTF-8 text: {exc}") from exc
-    return model_signature(parse_model_config(text), model_name=model_name)
+    return parse_model_config(text)
+
+
+def read_signature(config_text: bytes, *, model_name: str) -> ModelSignature:
+    """Decode, parse and check config.pbtxt bytes."""
+    return model_signature(decode_config(config_text), model_name=model_name)
+
+
+@dataclass(frozen=True)
+class ConfigReview:
+    """A config.pbtxt that passed every check: its I/O signature and what in it runs the folder's code."""
+
+    signature: ModelSignature
+    code_runners: tuple[str, ...]
+
+
+def review_model_folder(
+    config_text: bytes,
+    *,
+    model_name: str,
+    files: FolderFiles,
+    allowed_backends: Collection[str] = DEFAULT_ALLOWED_BACKENDS,
+) -> ConfigReview:
+    """Check config.pbtxt against the pushed folder: I/O signature, allowed backend, path-bearing fields.
+
+    InvalidModelConfig names the field and its value; nothing is stored before this passes.
+    """
+    config = decode_config(config_text)
+    check_backend(config, allowed_backends)
+    signature = model_signature(config, model_name=model_name)
+    check_path_fields(config, files)
+    return ConfigReview(signature=signature, code_runners=code_runners(config))
+
+
+def code_runners_of(config_text: bytes) -> tuple[str, ...]:
+    """What in a stored config.pbtxt runs the folder's code (see ``config_fields.code_runners``)."""
+    return code_runners(decode_config(config_text))

@@ -1,7 +1,12 @@
-"""Signature policy: which versions may be deployed. Pure rules.
+"""Model policy: which versions may be pushed and deployed. Pure rules.
 
-A model's policy (``require_signature`` and ``allowed_signers``) overrides
-the global default where it sets something. Signer names are what an
+A model's policy (``require_signature``, ``allowed_signers``,
+``allow_code_backends``, ``code_backends_require_signature``) overrides the
+global default where it sets something. A version whose config makes Triton
+run code that came with the folder (the Python backend, a custom backend,
+repository agents, custom operation libraries) is code execution on the
+server: it needs ``allow_code_backends`` to be pushed or deployed and, unless
+the policy says otherwise, a verified signature to be deployed. Signer names are what an
 operator can pin: ``key:<sha256 of the public key DER>``,
 ``cert:sha256:<leaf fingerprint>``, ``san:<certificate SAN>``,
 ``oidc:<identity>|<issuer>``.
@@ -9,9 +14,9 @@ operator can pin: ``key:<sha256 of the public key DER>``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from controlplane.domain.models import ManifestEntry
 from controlplane.errors import InvalidInput
@@ -23,6 +28,7 @@ class PolicyViolation(InvalidInput):
     code = "policy_violation"
 
 
+_T = TypeVar("_T")
 _PREFIXES = ("key:", "cert:sha256:", "san:", "oidc:")
 
 
@@ -30,6 +36,8 @@ _PREFIXES = ("key:", "cert:sha256:", "san:", "oidc:")
 class SignaturePolicy:
     require_signature: bool = False
     allowed_signers: tuple[str, ...] = ()
+    allow_code_backends: bool = False
+    code_backends_require_signature: bool = True
 
     def validate(self) -> SignaturePolicy:
         for signer in self.allowed_signers:
@@ -47,20 +55,38 @@ class ModelPolicy:
 
     require_signature: bool | None = None
     allowed_signers: tuple[str, ...] | None = None
+    allow_code_backends: bool | None = None
+    code_backends_require_signature: bool | None = None
+
+
+def _pick(own: _T | None, default: _T) -> _T:
+    return default if own is None else own
 
 
 def effective_policy(global_policy: SignaturePolicy, model: ModelPolicy | None) -> SignaturePolicy:
     """The model's settings where it has them, else the global ones."""
     if model is None:
         return global_policy
+
     return SignaturePolicy(
-        require_signature=global_policy.require_signature
-        if model.require_signature is None
-        else model.require_signature,
-        allowed_signers=global_policy.allowed_signers
-        if model.allowed_signers is None
-        else model.allowed_signers,
+        require_signature=_pick(model.require_signature, global_policy.require_signature),
+        allowed_signers=_pick(model.allowed_signers, global_policy.allowed_signers),
+        allow_code_backends=_pick(model.allow_code_backends, global_policy.allow_code_backends),
+        code_backends_require_signature=_pick(
+            model.code_backends_require_signature, global_policy.code_backends_require_signature
+        ),
     )
+
+
+def check_pushable(*, model: str, code_runners: Sequence[str], policy: SignaturePolicy) -> None:
+    """PolicyViolation if the folder runs its own code in Triton and the model's policy does not allow it."""
+    if code_runners and not policy.allow_code_backends:
+        raise PolicyViolation(
+            f"{', '.join(code_runners)} runs code from the model folder inside Triton, and model "
+            f"{model!r} does not allow code backends: an admin sets allow_code_backends with "
+            f"PUT /v1/models/{model}/policy",
+            details={"rule": "allow_code_backends", "code": list(code_runners)},
+        )
 
 
 def signer_names(identity: Mapping[str, Any]) -> set[str]:
@@ -94,8 +120,20 @@ def check_deployable(
     manifest: Iterable[ManifestEntry],
     signature: SignatureRecord | None,
     policy: SignaturePolicy,
+    code_runners: Sequence[str] = (),
 ) -> None:
-    """PolicyViolation naming the rule a version breaks, else nothing."""
+    """PolicyViolation naming the rule a version breaks, else nothing.
+
+    ``code_runners`` names what in the version's config runs the folder's code (empty: nothing).
+    """
+    if code_runners:
+        check_pushable(model=model, code_runners=code_runners, policy=policy)
+        if signature is None and policy.code_backends_require_signature:
+            raise PolicyViolation(
+                f"{model} version {number} runs code from its folder ({', '.join(code_runners)}) and has "
+                f"no verified signature: attach one with PUT /v1/models/{model}/versions/{number}/signature",
+                details={"rule": "code_backends_require_signature", "code": list(code_runners)},
+            )
     if signature is None:
         if policy.require_signature:
             raise PolicyViolation(

@@ -12,6 +12,7 @@ repository functions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,9 +24,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.errors import StaleSchema
+from controlplane.errors import DatabaseUnavailable, InsufficientStorage, InvalidData, StaleSchema
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -59,6 +63,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message without the SQL and parameters SQLAlchemy appends."""
+    original = getattr(exc, "orig", None) or exc
+    return (str(original).strip().splitlines() or [type(original).__name__])[0][:200]
+
+
 def alembic_config(url: str) -> Config:
     """An Alembic configuration pointing at the packaged migrations."""
     cfg = Config()
@@ -77,11 +87,27 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose work commits when the block ends normally, else rolls back."""
+        """A session whose work commits when the block ends normally, else rolls back.
+
+        Driver errors leave as control-plane errors: a database that cannot be
+        reached is DatabaseUnavailable, a value it cannot hold is InvalidData.
+        Their messages name neither the URL nor the SQL.
+        """
         session = self._sessions()
         try:
             with session.begin():
                 yield session
+        except (OperationalError, InterfaceError) as exc:
+            if "disk is full" in _first_line(exc) or "No space left" in _first_line(exc):
+                raise InsufficientStorage("the disk of the registry database is full") from exc
+            # The driver's text names host, port and database: for the log, not for the client.
+            log.warning("registry database unavailable: %s", _first_line(exc))
+            raise DatabaseUnavailable("the registry database is not available") from exc
+        except DataError as exc:
+            raise InvalidData("a value is out of range or not storable") from exc
+        except OverflowError as exc:
+            # sqlite3 refuses integers beyond 64 bits before SQLAlchemy sees them.
+            raise InvalidData("a number is out of range") from exc
         finally:
             session.close()
 

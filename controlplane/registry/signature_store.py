@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from controlplane.domain.policy import ModelPolicy, SignatureRecord
 from controlplane.registry import store
 from controlplane.registry.store import _model_row, _version_row
-from controlplane.registry.tables import ModelPolicyRow, SignatureRow, utcnow
+from controlplane.registry.tables import ModelPolicyRow, ModelRow, SignatureRow, utcnow
 
 
 def attach_signature(
@@ -64,16 +64,24 @@ def get_signature(session: Session, *, model: str, number: int) -> SignatureReco
 
 
 def get_policy(session: Session, model: str) -> ModelPolicy | None:
-    row = session.get(ModelPolicyRow, _model_row(session, model).id)
+    """The model's own policy; None if it has none or the model does not exist yet."""
+    found = session.execute(select(ModelRow.id).where(ModelRow.name == model)).scalar_one_or_none()
+    if found is None:
+        return None
+    row = session.get(ModelPolicyRow, found)
     if row is None:
         return None
     return ModelPolicy(
         require_signature=row.require_signature,
         allowed_signers=tuple(row.allowed_signers) if row.allowed_signers is not None else None,
+        allow_code_backends=row.allow_code_backends,
+        code_backends_require_signature=row.code_backends_require_signature,
     )
 
 
 def set_policy(session: Session, model: str, policy: ModelPolicy, *, actor: str) -> ModelPolicy:
+    """Set a model's policy; the model is created if it has no version yet (a policy may precede a push)."""
+    store._ensure_model(session, model)
     model_row = _model_row(session, model, lock=True)
     row = session.get(ModelPolicyRow, model_row.id)
     if row is None:
@@ -81,6 +89,8 @@ def set_policy(session: Session, model: str, policy: ModelPolicy, *, actor: str)
         session.add(row)
     row.require_signature = policy.require_signature
     row.allowed_signers = list(policy.allowed_signers) if policy.allowed_signers is not None else None
+    row.allow_code_backends = policy.allow_code_backends
+    row.code_backends_require_signature = policy.code_backends_require_signature
     row.updated_at = utcnow()
     session.flush()
     store.append_event(
@@ -89,6 +99,11 @@ def set_policy(session: Session, model: str, policy: ModelPolicy, *, actor: str)
         action="policy.set",
         target=model,
         outcome="set",
-        details={"require_signature": policy.require_signature, "allowed_signers": row.allowed_signers},
+        details={
+            "require_signature": policy.require_signature,
+            "allowed_signers": row.allowed_signers,
+            "allow_code_backends": policy.allow_code_backends,
+            "code_backends_require_signature": policy.code_backends_require_signature,
+        },
     )
     return policy

@@ -215,4 +215,6 @@ class ModelPolicyRow(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
     require_signature: Mapped[bool | None] = mapped_column(nullable=True)
     allowed_signers: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    allow_code_backends: Mapped[bool | None] = mapped_column(nullable=True)
+    code_backends_require_signature: Mapped[bool | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

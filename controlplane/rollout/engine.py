@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.domain.analysis import Gates, PoolSample, evaluate, measure
-from controlplane.domain.models import VersionState
+from controlplane.domain.models import ModelVersion, VersionState
+from controlplane.domain.redaction import redact
 from controlplane.domain.rollouts import (
     RequestedAction,
     Rollout,
@@ -67,6 +68,8 @@ class EngineSettings:
     drain_timeout: float = 30.0
     pool_up_timeout: float = 30.0
     poll_interval: float = 0.2
+    standby_warm: bool = True
+    """Pools without traffic keep the production release loaded (see ``RolloutEngine._keep_standby``)."""
 
 
 class RolloutEngine:
@@ -300,24 +303,44 @@ class RolloutEngine:
             rollout_store.set_pool_release(session, target.name, release)
             versions = {m: store.get_version(session, m, v) for m, v in release.items()}
         try:
-            with target.lock:
-                for name in target.repository.live_models():
-                    if name not in release:
-                        uninstall(target, name)
-                for name, version in versions.items():
-                    if target.repository.matches(version, self.blobs) and target.triton.is_model_ready(
-                        name, version.number
-                    ):
-                        target.triton.smoke_test(name, version.number, version.signature)
-                        continue
-                    install(
-                        target, version, self.blobs, previous=None, load_timeout=self.settings.load_timeout
-                    )
+            self._converge(target, versions)
             self._wait_pool_up(target.name)
         except _STAGING_ERRORS as exc:
             self._fail_staging(rollout, exc)
             raise _RolledBack from exc
         return rollout
+
+    def _converge(self, pool: Pool, versions: Mapping[str, ModelVersion]) -> None:
+        """Make a pool without traffic serve exactly ``versions``: unload the rest, install what differs."""
+        with pool.lock:
+            for name in pool.repository.live_models():
+                if name not in versions:
+                    uninstall(pool, name)
+            for name, version in versions.items():
+                if pool.repository.matches(version, self.blobs) and pool.triton.is_model_ready(
+                    name, version.number
+                ):
+                    pool.triton.smoke_test(name, version.number, version.signature)
+                    continue
+                install(pool, version, self.blobs, previous=None, load_timeout=self.settings.load_timeout)
+
+    def _keep_standby(self, rollout: Rollout, standby: str, release_of: str) -> None:
+        """Leave ``standby`` (at weight 0) serving what ``release_of`` serves, or empty it.
+
+        A warm standby is what the proxy falls back to when the pool with the
+        traffic dies, so a crashed Triton costs no request; it costs the
+        memory of a second copy of every production model.
+        """
+        pool = self.pools[standby]
+        with self.db.transaction() as session:
+            release = rollout_store.pool_release(session, release_of) if self.settings.standby_warm else {}
+            rollout_store.set_pool_release(session, standby, release)
+            versions = {m: store.get_version(session, m, v) for m, v in release.items()}
+        try:
+            self._converge(pool, versions)
+        except ControlPlaneError as exc:
+            # The reconciler retries; the rollout's outcome does not depend on the standby.
+            log.warning("rollout %s: keeping %s as standby: %s", rollout.id, standby, exc.message)
 
     def _stage_inplace(self, rollout: Rollout, pool: Pool) -> Rollout:
         with self.db.transaction() as session:
@@ -342,8 +365,10 @@ class RolloutEngine:
         log.warning("rollout %s: staging failed: %s", rollout.id, exc.message)
         if rollout.spec.strategy is not Strategy.INPLACE:
             self._clean_target(rollout)
-        self._mark_failed(rollout, exc.message)
-        self._move(rollout, RolloutState.FAILED, reason=f"staging failed: {exc.message}")
+        # Stored and shown by the API: Triton's reason without server paths or the stub's stack.
+        why = redact(exc.message, model_roots=[str(p.repository.live) for p in self.pools.values()])
+        self._mark_failed(rollout, why)
+        self._move(rollout, RolloutState.FAILED, reason=f"staging failed: {why}")
 
     def _mark_failed(self, rollout: Rollout, why: str) -> None:
         """Record that the rollout's version failed, and why (it stays deployable again later)."""
@@ -357,16 +382,8 @@ class RolloutEngine:
             )
 
     def _clean_target(self, rollout: Rollout) -> None:
-        """Empty the target pool (weight 0): desired release first, then Triton and folders."""
-        target = self.pools[rollout.target_pool]
-        with self.db.transaction() as session:
-            rollout_store.set_pool_release(session, target.name, {})
-        with target.lock:
-            for name in target.repository.live_models():
-                try:
-                    uninstall(target, name)
-                except TritonUnavailable as exc:
-                    log.warning("rollout %s: cleaning %s: %s", rollout.id, target.name, exc)
+        """Return the target pool (weight 0) to standby: the source's release, or nothing."""
+        self._keep_standby(rollout, rollout.target_pool, release_of=rollout.source_pool)
 
     def _wait_pool_up(self, pool: str) -> None:
         deadline = self.clock() + self.settings.pool_up_timeout
@@ -476,13 +493,8 @@ class RolloutEngine:
                 store.set_version_state(
                     session, model=rollout.spec.model, number=rollout.from_version, state=VersionState.RETIRED
                 )
-            if rollout.spec.strategy is not Strategy.INPLACE:
-                rollout_store.set_pool_release(session, rollout.source_pool, {})
         if rollout.spec.strategy is not Strategy.INPLACE:
-            source = self.pools[rollout.source_pool]
-            with source.lock:
-                for name in source.repository.live_models():
-                    uninstall(source, name)
+            self._keep_standby(rollout, rollout.source_pool, release_of=rollout.target_pool)
 
     def _rollback(self, rollout: Rollout, reason: str, *, failed: bool = False) -> None:
         """Move all traffic back to the source pool, then clean the target. Leaves via _RolledBack."""

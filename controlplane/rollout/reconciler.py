@@ -16,7 +16,7 @@ import logging
 import threading
 
 from controlplane.errors import ControlPlaneError
-from controlplane.registry import rollout_store
+from controlplane.registry import rollout_store, store
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.service import ControlPlane
 from controlplane.traffic.router import TrafficRouter
@@ -31,13 +31,49 @@ class Reconciler:
         self.cp = cp
         self.engine = engine
         self.router = router
+        self._wake = threading.Event()
 
     def run_once(self) -> list[str]:
         """One pass; returns a line per change made."""
-        changes = list(c for c in self.cp.reconcile() if not c.startswith("skipped"))
+        changes = self._sync_standby() if self.engine.settings.standby_warm else []
+        changes += [c for c in self.cp.reconcile() if not c.startswith("skipped")]
         changes += [f"resumed rollout {i}" for i in self.engine.resume()]
         if not self.engine.busy():
             changes += self._converge_weights()
+        return changes
+
+    def _sync_standby(self) -> list[str]:
+        """Record the live pool's release for every pool without traffic (a deploy changed it, say).
+
+        Only while no rollout runs: a rollout decides its pools' releases itself.
+        """
+        if self.engine.busy():
+            return []
+        changes: list[str] = []
+        with self.cp.db.transaction() as session:
+            if rollout_store.list_rollouts(session, active_only=True):
+                return []
+            weights = rollout_store.pool_weights(session)
+            if not weights or max(weights.values()) == 0:
+                return []
+            live = rollout_store.live_pool_of(weights)
+            release = rollout_store.pool_release(session, live)
+            for pool, weight in weights.items():
+                if weight > 0 or pool == live or pool not in self.cp.pools:
+                    continue
+                current = rollout_store.pool_release(session, pool)
+                if current == release:
+                    continue
+                rollout_store.set_pool_release(session, pool, release)
+                store.append_event(
+                    session,
+                    actor="reconciler",
+                    action="standby.sync",
+                    target=pool,
+                    outcome="recorded",
+                    details={"from": current, "to": release, "live_pool": live},
+                )
+                changes.append(f"standby {pool} follows {live}: {current} -> {release}")
         return changes
 
     def _ready(self, pool: str, release: dict[str, int]) -> bool:
@@ -60,6 +96,10 @@ class Reconciler:
         self.router.set_weights(safe)
         return [f"proxy weights {actual} -> {safe}"]
 
+    def wake(self) -> None:
+        """Run the next pass now instead of at the end of the interval (after a deploy, say)."""
+        self._wake.set()
+
     def run_forever(self, stop: threading.Event, *, interval: float = 5.0) -> None:
         """Pass after pass until ``stop`` is set; a failing pass is logged and retried."""
         while not stop.is_set():
@@ -68,4 +108,8 @@ class Reconciler:
                     log.info("reconcile: %s", change)
             except ControlPlaneError as exc:
                 log.warning("reconcile pass failed: %s", exc)
-            stop.wait(interval)
+            except Exception:
+                # The loop must outlive any bug in one pass: log it whole and try again next time.
+                log.exception("reconcile pass failed unexpectedly")
+            self._wake.wait(interval)
+            self._wake.clear()

@@ -13,13 +13,15 @@ from collections.abc import Callable, Collection, Mapping
 
 from controlplane.domain.analysis import PoolSample
 from controlplane.errors import ProxyError
+from controlplane.traffic.haproxy_config import standby_name
 from controlplane.traffic.haproxy_runtime import HAProxyRuntime, StatRow
 from controlplane.triton.metrics import TritonMetricsClient
 
 
 def _pool_rows(rows: list[StatRow], pool: str, backends: Collection[str]) -> list[StatRow]:
-    found = [r for r in rows if r.kind == "server" and r.svname == pool and r.pxname in backends]
-    missing = sorted(set(backends) - {r.pxname for r in found})
+    # The pool's own server and its standby: traffic the standby took is the pool's.
+    found = [r for r in rows if r.kind == "server" and r.pool == pool and r.pxname in backends]
+    missing = sorted(set(backends) - {r.pxname for r in found if r.svname == pool})
     if missing:
         # Without the row the pool's traffic would read as zero and pass any gate.
         raise ProxyError(
@@ -41,10 +43,11 @@ def sample_pool(
 
     ``triton`` must be the metrics client of this pool's Triton. Proxy
     counters are summed over every pool backend of ``runtime`` (gRPC and
-    HTTP). Proxy errors are gRPC calls answered with grpc-status != 0 (the
-    stick table), HTTP 5xx answers, and responses that never arrived
-    (``eresp``: connection cut, timeout). Not ``econ``: HAProxy retries a
-    failed connection on another server, so the client usually never saw it.
+    HTTP) and over the pool's server and its standby. Proxy errors are gRPC
+    calls answered with grpc-status != 0 (the stick table), HTTP 5xx answers,
+    and responses that never arrived (``eresp``: connection cut, timeout).
+    Not ``econ``: HAProxy retries a failed connection on another server, so
+    the client usually never saw it.
     HTTP 4xx are not counted either: mostly a client's own mistake (bad path,
     bad JSON) that any pool would refuse. gRPC is asymmetric: the table keeps
     one count per server whatever the status, so a bad request (INVALID_ARGUMENT)
@@ -58,7 +61,8 @@ def sample_pool(
     """
     at = clock()
     rows = _pool_rows(runtime.server_stats(), pool, runtime.backends)
-    grpc_errors = runtime.grpc_error_counts().get(pool, 0)
+    errors = runtime.grpc_error_counts()
+    grpc_errors = errors.get(pool, 0) + errors.get(standby_name(pool), 0)
     counters = triton.scrape(models)
     return PoolSample(
         at=at,

@@ -12,7 +12,13 @@ file, reads the process's argv from ``/proc`` and decides:
   pid now belongs to an unrelated process, which is never signalled).
 
 "Ours" is judged by argv alone here; the caller adds the checks that need a
-live process (same uid, a pidfd held while reading, see ``process.AdoptedProcess``).
+live process (its uid is ours or Triton's own user, a pidfd held while
+reading, see ``process.AdoptedProcess``).
+
+A tritonserver is adopted only when it listens where we would start it and
+restricts its admin APIs with the key we hold: one started by an older
+release (listening on every address, admin APIs open) or with a key we no
+longer know is replaced. Reasons never quote the key.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import enum
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Action(enum.Enum):
@@ -52,9 +58,23 @@ class TritonArgs:
     grpc_port: int | None
     metrics_port: int | None
     shm_prefix: str | None
+    address: str | None = None
+    """The one address HTTP, gRPC and metrics listen on; None when unset (every address) or mixed."""
+    http_restriction: str | None = field(default=None, repr=False)
+    grpc_restriction: str | None = field(default=None, repr=False)
+
+    @property
+    def admin_key(self) -> str | None:
+        """The key the restricted APIs expect, when both protocols restrict with the same one."""
+        if self.http_restriction is None or self.http_restriction != self.grpc_restriction:
+            return None
+        _apis, sep, header = self.http_restriction.partition(":")
+        _name, sep2, key = header.partition("=")
+        return key if sep and sep2 and key else None
 
 
 _SHM_OPTION = "python,shm-region-prefix-name="
+_ADDRESS_OPTIONS = ("--http-address", "--grpc-address", "--metrics-address")
 
 
 def _basename(path: str) -> str:
@@ -84,22 +104,42 @@ def parse_tritonserver_argv(argv: Sequence[str]) -> TritonArgs | None:
         except (KeyError, ValueError):
             return None
 
+    addresses = {options.get(key) for key in _ADDRESS_OPTIONS}
     return TritonArgs(
         model_repository=repository,
         http_port=port("--http-port"),
         grpc_port=port("--grpc-port"),
         metrics_port=port("--metrics-port"),
         shm_prefix=options.get("shm"),
+        address=addresses.pop() if len(addresses) == 1 else None,
+        http_restriction=options.get("--http-restricted-api"),
+        grpc_restriction=options.get("--grpc-restricted-protocol"),
     )
+
+
+def _identity_differences(found: TritonArgs, want: TritonArgs) -> list[str]:
+    differences = [
+        f"{name.replace('_', ' ')} {getattr(found, name)}, wanted {getattr(want, name)}"
+        for name in ("http_port", "grpc_port", "metrics_port", "shm_prefix", "address")
+        if getattr(found, name) != getattr(want, name)
+    ]
+    if (found.http_restriction, found.grpc_restriction) != (want.http_restriction, want.grpc_restriction):
+        differences.append(
+            "its admin APIs are restricted otherwise or with another key"
+            if found.http_restriction or found.grpc_restriction
+            else "its admin APIs are open to anyone who reaches its ports"
+        )
+    return differences
 
 
 def decide_triton(running: Sequence[str] | None, wanted: Sequence[str]) -> Decision:
     """Decide about the process a pool's pid file names, given its argv (None: no live process).
 
     Ours means the tritonserver binary serving this pool's live repository.
-    Adopted when also its ports and shm prefix are the ones we would start it
-    with; other differences (flags of an older release) are reported but do
-    not force a restart, since a restart is what this exists to avoid.
+    Adopted when also its ports, shm prefix, listening address and admin API
+    restriction (key included) are the ones we would start it with; other
+    differences (flags of an older release) are reported but do not force a
+    restart, since a restart is what this exists to avoid.
     """
     want = parse_tritonserver_argv(wanted)
     if want is None:
@@ -110,14 +150,10 @@ def decide_triton(running: Sequence[str] | None, wanted: Sequence[str]) -> Decis
     if found is None or found.model_repository != want.model_repository:
         return Decision(Action.START, f"pid belongs to another program: {' '.join(running)[:200]}")
     if found != want:
-        return Decision(
-            Action.REPLACE,
-            f"runs with ports http/grpc/metrics {found.http_port}/{found.grpc_port}/{found.metrics_port}"
-            f" and shm prefix {found.shm_prefix}, wanted {want.http_port}/{want.grpc_port}/"
-            f"{want.metrics_port} and {want.shm_prefix}",
-        )
+        return Decision(Action.REPLACE, "runs with " + "; ".join(_identity_differences(found, want)))
     if list(running[1:]) != list(wanted[1:]):
-        extra = sorted(set(running[1:]) ^ set(wanted[1:]))
+        # Restriction flags are equal here, but keep secrets out of the log whatever happens.
+        extra = sorted(a for a in set(running[1:]) ^ set(wanted[1:]) if "restricted" not in a)
         return Decision(Action.ADOPT, f"same pool, ports and shm prefix; other arguments differ: {extra}")
     return Decision(Action.ADOPT, "same command line")
 

@@ -17,6 +17,8 @@ import uvicorn
 
 from controlplane.api.app import create_app
 from controlplane.api.auth import Authenticator
+from controlplane.api.server import server_config
+from controlplane.collector import collect_garbage, run_periodically, sweep_stale_uploads
 from controlplane.errors import ControlPlaneError
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
@@ -52,6 +54,8 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 def run_embedded(settings: Settings) -> None:
     """Run until interrupted."""
+    # Upload leftovers older than this are from an earlier process (killed mid-push).
+    process_started = time.time()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Until uvicorn installs its own handlers, SIGTERM must unwind like Ctrl-C so children are stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -71,6 +75,7 @@ def run_embedded(settings: Settings) -> None:
         pool_names=pool_names,
         ports_base=settings.triton_ports_base,
         initial_weights=weights,
+        triton_user=settings.triton_user,
     )
     stopping = threading.Event()
     services = None
@@ -88,6 +93,17 @@ def run_embedded(settings: Settings) -> None:
         threading.Thread(
             target=services.reconciler.run_forever, args=(stopping,), name="reconciler", daemon=True
         ).start()
+        sweep_stale_uploads(settings.uploads_dir, started_at=process_started)
+        run_periodically(
+            lambda: collect_garbage(
+                db,
+                cp.blobs,
+                linked_roots=(settings.pools_dir, settings.uploads_dir),
+                grace_seconds=settings.gc_grace_seconds,
+            ),
+            interval=settings.gc_interval_seconds,
+            stop=stopping,
+        )
         app = create_app(
             cp,
             max_upload_bytes=settings.max_upload_bytes,
@@ -95,9 +111,7 @@ def run_embedded(settings: Settings) -> None:
             engine=services.engine,
             auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
         )
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=settings.host, port=settings.api_port, log_level="warning")
-        )
+        server = uvicorn.Server(server_config(app, settings))
         print(f"REST API           http://{settings.host}:{settings.api_port}  (docs: /docs)", flush=True)
         print(f"Triton gRPC proxy  {settings.host}:{settings.grpc_port}", flush=True)
         print(f"Triton HTTP proxy  http://{settings.host}:{settings.http_port}", flush=True)
@@ -118,6 +132,7 @@ def run_embedded(settings: Settings) -> None:
     finally:
         stopping.set()
         if services is not None:
+            services.reconciler.wake()
             services.engine.stop()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -22,6 +22,9 @@ Invariants:
   child the rest of its process group is killed too; an adopted process's
   group is not (its pid may be reused by then), cleanup covers what it left.
 * A restart is always a child of ours, whatever the first process was.
+* With ``user``/``group`` the child runs as that user with that group and no
+  supplementary groups (only root can ask for it); its log file is ours,
+  mode 0600, and only inherited as an open descriptor.
 
 Concurrency: one monitor thread per supervised process waits on it and
 restarts it with exponential backoff; ``stop()`` may be called from any thread
@@ -249,6 +252,8 @@ class SupervisedProcess:
         stop_timeout: float = 10.0,
         max_backoff: float = 10.0,
         pid_file: Path | None = None,
+        user: int | None = None,
+        group: int | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -261,6 +266,8 @@ class SupervisedProcess:
         self.stop_timeout = stop_timeout
         self.max_backoff = max_backoff
         self.pid_file = pid_file
+        self.user = user
+        self.group = group
         self.restarts = 0
         self._proc: ProcessHandle | None = None
         self._adopted: AdoptedProcess | None = None
@@ -315,7 +322,9 @@ class SupervisedProcess:
         with self._lock:
             if self._stopping.is_set():
                 return
-            logfile = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(fd, 0o600)  # an older file may have been created wider
+            logfile = os.fdopen(fd, "ab")
             try:
                 popen = subprocess.Popen(
                     self.argv,
@@ -327,6 +336,9 @@ class SupervisedProcess:
                     # Own session: a Ctrl-C in the terminal reaches only us, and we stop children in order;
                     # it also lets the child outlive a kill -9 of the control plane, to be adopted later.
                     start_new_session=True,
+                    user=self.user,
+                    group=self.group,
+                    extra_groups=[] if self.user is not None else None,
                 )
             finally:
                 logfile.close()

@@ -1,8 +1,9 @@
 """``runtime.json``: what the local runtime chose once and must choose the same way after a restart.
 
 The file lives in the state directory and remembers, per pool, the Triton
-ports, the shm prefix and the initial HAProxy weight, plus the proxy's bind
-address. It is what lets a restarted control plane recognise (and adopt) the
+ports, the shm prefix, the initial HAProxy weight and the admin key of its
+running tritonserver (a secret: the file is mode 0600), plus the proxy's
+bind address. It is what lets a restarted control plane recognise (and adopt) the
 tritonserver and haproxy processes a killed one left running, and lets
 clients keep using the same ports::
 
@@ -11,9 +12,11 @@ clients keep using the same ports::
       "proxy": {"host": "127.0.0.1", "grpc_port": 8001, "http_port": 8002},
       "pools": {
         "blue":  {"http_port": 40001, "grpc_port": 40002, "metrics_port": 40003,
-                  "shm_prefix": "cp1a2b3c4d_blue_", "initial_weight": 1},
+                  "shm_prefix": "cp1a2b3c4d_blue_", "initial_weight": 1,
+                  "admin_key": "<43 random URL-safe characters>"},
         "green": {"http_port": 40004, "grpc_port": 40005, "metrics_port": 40006,
-                  "shm_prefix": "cp1a2b3c4d_green_", "initial_weight": 0}
+                  "shm_prefix": "cp1a2b3c4d_green_", "initial_weight": 0,
+                  "admin_key": "<another one>"}
       }
     }
 
@@ -27,6 +30,10 @@ Invariants:
   reserved for when they come back.
 * No two pools share a port, and no pool's shm prefix is a prefix of another
   pool's (orphan cleanup matches by prefix).
+* A pool's admin key is made when its tritonserver starts fresh (not when
+  one is adopted) and written here before that process starts, so a
+  restarted control plane can talk to (and adopt) the Triton a killed one
+  left running. "" means none yet (an entry written before keys existed).
 
 Concurrency: only the one ``LocalStack`` holding the state directory's lock
 writes it; planning (``plan_runtime``) is pure.
@@ -45,7 +52,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from controlplane.triton.server_command import validate_shm_prefix
+from controlplane.triton.server_command import validate_admin_key, validate_shm_prefix
 
 FORMAT = 1
 FILE_NAME = "runtime.json"
@@ -66,6 +73,7 @@ class PoolState:
     metrics_port: int
     shm_prefix: str
     initial_weight: int = DEFAULT_WEIGHT
+    admin_key: str = field(default="", repr=False)
 
     @property
     def ports(self) -> tuple[int, int, int]:
@@ -94,7 +102,7 @@ class RuntimeState:
         doc: dict[str, object] = {
             "format": FORMAT,
             "proxy": None if self.proxy is None else dataclasses.asdict(self.proxy),
-            "pools": {name: dataclasses.asdict(p) for name, p in sorted(self.pools.items())},
+            "pools": {name: _pool_doc(p) for name, p in sorted(self.pools.items())},
         }
         return json.dumps(doc, indent=2) + "\n"
 
@@ -115,6 +123,7 @@ class RuntimeState:
                     metrics_port=_port(entry["metrics_port"]),
                     shm_prefix=validate_shm_prefix(str(entry["shm_prefix"])),
                     initial_weight=_weight(entry.get("initial_weight", DEFAULT_WEIGHT)),
+                    admin_key=_admin_key(entry.get("admin_key", "")),
                 )
                 for name, entry in dict(doc.get("pools") or {}).items()
             }
@@ -135,10 +144,23 @@ class RuntimeState:
         return state
 
 
+def _pool_doc(pool: PoolState) -> dict[str, object]:
+    doc = dataclasses.asdict(pool)
+    if not pool.admin_key:
+        del doc["admin_key"]  # none yet: the file reads as before keys existed
+    return doc
+
+
 def _port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
         raise ValueError(f"port out of range: {value!r}")
     return value
+
+
+def _admin_key(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("admin_key must be a string")
+    return validate_admin_key(value) if value else ""
 
 
 def _weight(value: object) -> int:
@@ -174,10 +196,12 @@ def load_state(path: Path) -> RuntimeState | None:
 
 
 def save_state(path: Path, state: RuntimeState) -> None:
-    """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, rename), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # It holds the pools' admin keys; mkstemp's 0600 is relied on, so say it.
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(state.to_json())
             handle.flush()

@@ -41,7 +41,9 @@ def ensure_pool_rows(db: Database, pool_names: tuple[str, ...]) -> dict[str, int
 def build_services(settings: Settings, db: Database, stack: LocalStack) -> Services:
     """Wire the service layer, the rollout engine and the reconciler to ``stack``."""
     pools = {
-        name: Pool(name=name, repository=p.repository, triton=TritonClient(p.grpc_url))
+        name: Pool(
+            name=name, repository=p.repository, triton=TritonClient(p.grpc_url, headers=p.admin_headers)
+        )
         for name, p in stack.pools.items()
     }
     blobs = BlobStore(settings.artifacts_dir)
@@ -62,11 +64,12 @@ def build_services(settings: Settings, db: Database, stack: LocalStack) -> Servi
             require_signature=settings.require_signature,
             allowed_signers=tuple(x.strip() for x in settings.allowed_signers.split(",") if x.strip()),
         ).validate(),
+        allowed_backends=settings.allowed_backend_names,
     )
     router = HAProxyRouter(stack.runtime)
     sampler = PoolSampler(
         stack.runtime,
-        {name: TritonMetricsClient(f"http://127.0.0.1:{p.metrics_port}") for name, p in stack.pools.items()},
+        {name: TritonMetricsClient(p.metrics_url) for name, p in stack.pools.items()},
     )
     engine = RolloutEngine(
         db=db,
@@ -74,12 +77,15 @@ def build_services(settings: Settings, db: Database, stack: LocalStack) -> Servi
         blobs=blobs,
         router=router,
         sampler=sampler,
-        settings=EngineSettings(load_timeout=settings.load_timeout_seconds),
+        settings=EngineSettings(
+            load_timeout=settings.load_timeout_seconds, standby_warm=settings.standby_warm
+        ),
         policy_check=cp.check_deployable,
     )
-    return Services(
-        cp=cp, engine=engine, router=router, reconciler=Reconciler(cp=cp, engine=engine, router=router)
-    )
+    reconciler = Reconciler(cp=cp, engine=engine, router=router)
+    # A deploy changes the live release: the standby follows at the next pass, which is now.
+    cp.after_deploy = reconciler.wake
+    return Services(cp=cp, engine=engine, router=router, reconciler=reconciler)
 
 
 @contextmanager
@@ -104,6 +110,7 @@ def local_services(
             http_port=settings.http_port,
             pool_names=pool_names,
             initial_weights=weights,
+            triton_user=settings.triton_user,
         )
         stack.start()
         services = build_services(settings, db, stack)

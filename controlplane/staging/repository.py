@@ -15,6 +15,7 @@ service serialises them.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import uuid
@@ -89,27 +90,54 @@ class PoolRepository:
             shutil.rmtree(aside, ignore_errors=True)
 
     def matches(self, version: ModelVersion, store: BlobStore) -> bool:
-        """Whether the live folder holds exactly this version's files (same inodes or same sizes)."""
+        """Whether the live folder holds exactly this version's files."""
+        return (self.live / version.model).is_dir() and not self.differences(version, store)
+
+    def differences(self, version: ModelVersion, store: BlobStore) -> list[str]:
+        """How the live folder differs from what staging ``version`` puts there; [] when it does not.
+
+        Every entry must be a regular file that is the blob itself (same
+        inode: a hard link made by ``build``) or, where staging had to copy,
+        a file with the blob's bytes. Anything else (a missing folder or file, an
+        extra file, a link, a directory where a file belongs, a file replaced
+        by another) is named.
+        """
         live = self.live / version.model
         if not live.is_dir():
-            return False
+            return ["the model folder is missing"]
         expected = {
             staged_path(e.path, source_version_dir=version.source_version_dir, number=version.number): e
             for e in version.manifest
         }
-        actual = {p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()}
-        if actual != set(expected):
-            return False
-        for rel, entry in expected.items():
-            st = (live / rel).stat()
+        found: list[str] = []
+        actual: set[str] = set()
+        for path in live.rglob("*"):
+            rel = path.relative_to(live).as_posix()
+            if path.is_symlink():
+                found.append(f"{rel} is a symbolic link")
+            elif path.is_file():
+                actual.add(rel)
+        found += [f"{rel} is not a staged file" for rel in sorted(actual - set(expected))]
+        found += [f"{rel} is missing" for rel in sorted(set(expected) - actual)]
+        for rel in sorted(actual & set(expected)):
+            entry = expected[rel]
+            st = (live / rel).lstat()
             try:
                 blob = store.path_for(entry.sha256).stat()
             except FileNotFoundError:
-                return False
-            same_file = (st.st_ino, st.st_dev) == (blob.st_ino, blob.st_dev)
-            if not same_file and st.st_size != entry.size:
-                return False
-        return True
+                found.append(f"{rel}: its blob is missing from the artifact store")
+                continue
+            if (st.st_ino, st.st_dev) == (blob.st_ino, blob.st_dev):
+                continue
+            # A copy (staging could not link): only its bytes can tell.
+            if st.st_size != entry.size or _sha256(live / rel) != entry.sha256:
+                found.append(f"{rel} is not the staged blob")
+        return found
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -34,16 +34,19 @@ from pathlib import Path
 
 from controlplane.errors import ProxyError
 from controlplane.traffic.haproxy_config import (
+    GRPC_ALLOWED_METHODS,
     GRPC_BACKEND,
     GRPC_ERROR_TABLE,
     GRPC_FRONTEND,
-    GRPC_MODEL_CONTROL_METHODS,
     HTTP_BACKEND,
     HTTP_FRONTEND,
     POOL_BACKENDS,
     PoolEndpoint,
     ProxyConfig,
+    is_standby,
+    pool_of_server,
     render_config,
+    standby_name,
 )
 from controlplane.traffic.haproxy_runtime import (
     AdminState,
@@ -57,10 +60,10 @@ from controlplane.traffic.haproxy_runtime import (
 )
 
 __all__ = [
+    "GRPC_ALLOWED_METHODS",
     "GRPC_BACKEND",
     "GRPC_ERROR_TABLE",
     "GRPC_FRONTEND",
-    "GRPC_MODEL_CONTROL_METHODS",
     "HTTP_BACKEND",
     "HTTP_FRONTEND",
     "POOL_BACKENDS",
@@ -75,10 +78,13 @@ __all__ = [
     "haproxy_binary",
     "haproxy_check_command",
     "haproxy_command",
+    "is_standby",
     "parse_servers_state",
     "parse_stat_csv",
     "parse_table",
+    "pool_of_server",
     "render_config",
+    "standby_name",
 ]
 
 # Debian installs haproxy in /usr/sbin, which is not on a non-root user's PATH.

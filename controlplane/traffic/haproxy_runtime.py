@@ -31,7 +31,11 @@ from typing import Literal, TypeVar
 from controlplane.errors import ProxyError
 from controlplane.traffic.haproxy_config import (
     GRPC_ERROR_TABLE,
+    MAX_SERVER_NAME_LEN,
     POOL_BACKENDS,
+    is_standby,
+    pool_of_server,
+    standby_name,
     validate_name,
     validate_weight,
 )
@@ -84,6 +88,16 @@ class ServerState:
         """True if HAProxy may send new requests here (up, ready and weight > 0)."""
         return self.operational == "running" and self.admin == "ready" and self.weight > 0
 
+    @property
+    def pool(self) -> str:
+        """The pool this server belongs to (a standby belongs to the pool it tracks)."""
+        return pool_of_server(self.name)
+
+    @property
+    def standby(self) -> bool:
+        """True for a pool's backup server, which has no weight of its own to manage."""
+        return is_standby(self.name)
+
 
 @dataclass(frozen=True)
 class StatRow:
@@ -113,6 +127,11 @@ class StatRow:
     srv_abrt: int
     check_status: str
     raw: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def pool(self) -> str:
+        """The pool a server row belongs to (a standby belongs to the pool it tracks)."""
+        return pool_of_server(self.svname)
 
 
 @dataclass(frozen=True)
@@ -339,14 +358,14 @@ class HAProxyRuntime:
     def set_weight(self, backend: str, server: str, weight: int) -> None:
         """Set ``backend/server``'s weight (0..256) without a reload."""
         validate_name(backend, "backend")
-        validate_name(server, "server")
+        validate_name(server, "server", max_len=MAX_SERVER_NAME_LEN)
         validate_weight(weight)
         self._set(f"set weight {backend}/{server} {weight}")
 
     def set_state(self, backend: str, server: str, state: AdminState) -> None:
         """Set ``backend/server``'s admin state: ready, drain (no new requests) or maint."""
         validate_name(backend, "backend")
-        validate_name(server, "server")
+        validate_name(server, "server", max_len=MAX_SERVER_NAME_LEN)
         if state not in _ADMIN_STATES:
             raise ValueError(f"state must be one of {_ADMIN_STATES}, got {state!r}")
         self._set(f"set server {backend}/{server} state {state}")
@@ -373,7 +392,10 @@ class HAProxyRuntime:
         self._each_backend(f"weight {weight}", lambda b: self.set_weight(b, pool, weight))
 
     def set_pool_state(self, pool: str, state: AdminState) -> None:
-        """Set a pool's admin state in every pool backend (gRPC and HTTP)."""
+        """Set a pool's admin state in every pool backend (gRPC and HTTP).
+
+        The pool's standby tracks the pool's server, so it inherits the state.
+        """
         validate_name(pool, "pool")
         self._each_backend(f"state {state}", lambda b: self.set_state(b, pool, state))
 
@@ -433,9 +455,13 @@ class HAProxyRuntime:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """Wait until ``pool`` has no request in flight or queued in any pool backend."""
+        """Wait until ``pool`` has no request in flight or queued in any pool backend.
+
+        Requests on the pool's standby count too, when the configuration has one.
+        """
         targets = [(b, validate_name(pool, "pool")) for b in self.backends]
-        self._wait_idle(targets, timeout, poll_interval, clock, sleep)
+        optional = [(b, standby_name(pool)) for b in self.backends]
+        self._wait_idle(targets, timeout, poll_interval, clock, sleep, optional=optional)
 
     def _wait_idle(
         self,
@@ -444,14 +470,23 @@ class HAProxyRuntime:
         poll_interval: float,
         clock: Callable[[], float],
         sleep: Callable[[float], None],
+        *,
+        optional: Iterable[tuple[str, str]] = (),
     ) -> None:
-        wanted = {(validate_name(b, "backend"), validate_name(s, "server")) for b, s in targets}
+        def checked(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+            return {
+                (validate_name(b, "backend"), validate_name(s, "server", max_len=MAX_SERVER_NAME_LEN))
+                for b, s in pairs
+            }
+
+        wanted = checked(targets)
+        maybe = checked(optional)
         deadline = clock() + timeout
         while True:
             rows = {
                 (r.pxname, r.svname): r
                 for r in self.server_stats()
-                if r.kind == "server" and (r.pxname, r.svname) in wanted
+                if r.kind == "server" and (r.pxname, r.svname) in wanted | maybe
             }
             missing = wanted - rows.keys()
             if missing:

@@ -41,7 +41,8 @@ class HAProxyRouter:
             self.runtime.set_pool_weight(pool, weight)
 
     def weights(self) -> dict[str, int]:
-        return {s.name: s.weight for s in self.runtime.servers_state(GRPC_BACKEND)}
+        # Standbys are backups with a fixed weight, not pools of their own.
+        return {s.name: s.weight for s in self.runtime.servers_state(GRPC_BACKEND) if not s.standby}
 
     def wait_idle(self, pool: str, timeout: float) -> None:
         self.runtime.wait_pool_idle(pool, timeout)

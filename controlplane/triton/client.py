@@ -3,22 +3,38 @@
 tritonclient exceptions never leave this module: they become
 ``TritonUnavailable`` (retryable: the server did not answer) or
 ``ModelLoadFailed`` / ``SmokeTestFailed`` (permanent for that version).
+
+A pool's Triton restricts its admin APIs (repository, config, shared
+memory, statistics, trace, logging) to requests carrying the pool's admin
+key, so the client sends ``headers`` (see
+``controlplane.triton.server_command.admin_headers``) on every call. A
+refusal for a missing or wrong key comes back over gRPC as UNAVAILABLE; it
+becomes ``TritonAccessDenied``, not ``TritonUnavailable``: retrying cannot
+help.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from controlplane.domain.models import ModelSignature
-from controlplane.errors import ModelLoadFailed, SmokeTestFailed, TritonUnavailable
+from controlplane.errors import (
+    ModelLoadFailed,
+    SmokeTestFailed,
+    TritonAccessDenied,
+    TritonUnavailable,
+)
 
 _UNREACHABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+# Triton's words when a restricted API is called without the right header.
+_RESTRICTED = "is restricted, expecting header"
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,8 @@ class ModelStatus:
 
 def _translate(exc: InferenceServerException, what: str) -> Exception:
     status = exc.status() or ""
+    if _RESTRICTED in (exc.message() or ""):
+        return TritonAccessDenied(f"Triton refused {what}: the admin key is missing or wrong")
     if status in _UNREACHABLE or "failed to connect" in (exc.message() or "").lower():
         return TritonUnavailable(f"Triton did not answer {what}: {exc.message()}")
     return ModelLoadFailed(f"{what}: {exc.message()}")
@@ -41,9 +59,10 @@ def _translate(exc: InferenceServerException, what: str) -> Exception:
 class TritonClient:
     """Control calls to one Triton server (its own gRPC port, never through the proxy)."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0, headers: Mapping[str, str] | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self._headers = dict(headers) if headers else None
         self._client = grpcclient.InferenceServerClient(url=url)
 
     def close(self) -> None:
@@ -52,7 +71,7 @@ class TritonClient:
     def is_ready(self) -> bool:
         """Server readiness; False (never an exception) when it does not answer."""
         try:
-            return bool(self._client.is_server_ready(client_timeout=self.timeout))
+            return bool(self._client.is_server_ready(client_timeout=self.timeout, headers=self._headers))
         except InferenceServerException:
             return False
 
@@ -67,7 +86,9 @@ class TritonClient:
     def repository_index(self) -> list[ModelStatus]:
         """Every model Triton knows of, with state and reason."""
         try:
-            index = self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout)
+            index = self._client.get_model_repository_index(
+                as_json=True, client_timeout=self.timeout, headers=self._headers
+            )
         except InferenceServerException as exc:
             raise _translate(exc, "repository index") from exc
         return [
@@ -80,6 +101,19 @@ class TritonClient:
             for m in index.get("models", [])
         ]
 
+    def model_config(self, model: str) -> dict[str, Any]:
+        """The configuration Triton runs for ``model`` (get_model_config's "config" object, as JSON).
+
+        ModelLoadFailed when Triton has no such loaded model.
+        """
+        try:
+            answer = self._client.get_model_config(
+                model, as_json=True, client_timeout=self.timeout, headers=self._headers
+            )
+        except InferenceServerException as exc:
+            raise _translate(exc, f"config of {model!r}") from exc
+        return dict(answer.get("config", {}))
+
     def model_status(self, model: str) -> list[ModelStatus]:
         return [m for m in self.repository_index() if m.name == model]
 
@@ -87,7 +121,10 @@ class TritonClient:
         try:
             return bool(
                 self._client.is_model_ready(
-                    model, "" if version is None else str(version), client_timeout=self.timeout
+                    model,
+                    "" if version is None else str(version),
+                    client_timeout=self.timeout,
+                    headers=self._headers,
                 )
             )
         except InferenceServerException:
@@ -99,8 +136,10 @@ class TritonClient:
         ModelLoadFailed carries Triton's reason; what served before keeps serving.
         """
         try:
-            self._client.load_model(model, client_timeout=timeout)
+            self._client.load_model(model, client_timeout=timeout, headers=self._headers)
         except InferenceServerException as exc:
+            if _RESTRICTED in (exc.message() or ""):
+                raise _translate(exc, f"loading {model!r}") from exc
             # The index has the precise reason; the load call's message is often generic.
             reason = self._unavailable_reason(model, version) or exc.message()
             if exc.status() in _UNREACHABLE and not self.is_ready():
@@ -138,7 +177,7 @@ class TritonClient:
     def unload(self, model: str) -> None:
         """Unload a model. Callers make sure it gets no traffic first: requests after this fail."""
         try:
-            self._client.unload_model(model, client_timeout=self.timeout)
+            self._client.unload_model(model, client_timeout=self.timeout, headers=self._headers)
         except InferenceServerException as exc:
             raise _translate(exc, f"unload of {model!r}") from exc
 
@@ -163,7 +202,12 @@ class TritonClient:
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in signature.outputs]
         try:
             result = self._client.infer(
-                model, inputs, model_version=str(version), outputs=outputs, client_timeout=self.timeout
+                model,
+                inputs,
+                model_version=str(version),
+                outputs=outputs,
+                client_timeout=self.timeout,
+                headers=self._headers,
             )
         except InferenceServerException as exc:
             raise SmokeTestFailed(

@@ -36,8 +36,11 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def ensure_model(url: str, timeout: float = 60.0) -> bool:
-    """Load MODEL on the Triton at ``url`` unless it is READY; return whether a load was needed."""
+def ensure_model(url: str, headers: dict[str, str], timeout: float = 60.0) -> bool:
+    """Load MODEL on the Triton at ``url`` (``headers``: the pool's admin key) unless it is READY.
+
+    Returns whether a load was needed.
+    """
     client = grpcclient.InferenceServerClient(url)
     try:
         deadline = time.monotonic() + timeout
@@ -52,7 +55,7 @@ def ensure_model(url: str, timeout: float = 60.0) -> bool:
                 time.sleep(0.05)
         if client.is_model_ready(MODEL):
             return False
-        client.load_model(MODEL)
+        client.load_model(MODEL, headers=headers)
         while not client.is_model_ready(MODEL):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{MODEL} not READY on {url}")
@@ -94,10 +97,10 @@ def main() -> None:
         live = blue.repository.live / MODEL
         if not live.exists():
             shutil.copytree(REPO_ROOT / "model_repository" / MODEL, live)
-        loaded = ensure_model(blue.grpc_url)
+        loaded = ensure_model(blue.grpc_url, blue.admin_headers)
         assert blue.process is not None and stack.proxy is not None
         blue.process.on_restart = lambda: print(
-            f"reloaded {MODEL} after restart: {ensure_model(blue.grpc_url)}", flush=True
+            f"reloaded {MODEL} after restart: {ensure_model(blue.grpc_url, blue.admin_headers)}", flush=True
         )
         _write_info(
             info_file,

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import tritonclient.grpc as grpcclient
 
 from controlplane.runtime.ports import free_ports
+from controlplane.runtime.state import FILE_NAME, load_state
+from controlplane.triton.server_command import admin_headers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTROLPLANE = Path(sys.executable).parent / "controlplane"
@@ -79,6 +82,25 @@ class Stack:
     @property
     def ports(self) -> tuple[int, int, int]:
         return (self.api_port, self.grpc_port, self.http_port)
+
+    def model_ready_on(self, pool: str, model: str) -> bool:
+        """Whether ``pool``'s own Triton has ``model`` READY (asked with the pool's admin key)."""
+        state = load_state(self.state_dir / FILE_NAME)
+        assert state is not None
+        entry = state.pools[pool]
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{entry.grpc_port}")
+        try:
+            return bool(client.is_model_ready(model, headers=admin_headers(entry.admin_key)))
+        finally:
+            client.close()
+
+    def wait_standby(self, model: str, pool: str = "green", timeout: float = 60) -> None:
+        """Wait until the standby ``pool`` has loaded ``model`` (the reconciler does it after a deploy)."""
+        deadline = time.monotonic() + timeout
+        while not self.model_ready_on(pool, model):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"standby {pool} did not load {model} in {timeout} s")
+            time.sleep(0.1)
 
     def kill(self) -> None:
         """kill -9 of the control plane alone, as a crash would (its children live in their own sessions)."""

@@ -24,6 +24,7 @@ from triton_helpers import load_examples_module
 
 from controlplane.runtime.state import FILE_NAME, load_state, state_tag
 from controlplane.traffic.haproxy import HAProxyRuntime
+from controlplane.triton.server_command import admin_headers
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert running.push(examples.build_mlp(root / "v1", seed=1), "mlp").status_code == 201
         with running.client() as client:
             assert client.post("/v1/models/mlp/versions/1/deploy").status_code == 200
+        # What a refusal must not change includes the standby, so let it settle first.
+        running.wait_standby("mlp")
         yield running
     finally:
         assert running.stop() == 0
@@ -73,7 +76,9 @@ def snapshot(stack: Stack) -> dict[str, object]:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{pool.grpc_port}")
         indexes[name] = sorted(
             (m["name"], m.get("version", ""), m.get("state", ""))
-            for m in client.get_model_repository_index(as_json=True).get("models", [])
+            for m in client.get_model_repository_index(
+                as_json=True, headers=admin_headers(pool.admin_key)
+            ).get("models", [])
         )
         client.close()
     weights = {s.name: s.weight for s in HAProxyRuntime(_admin_socket(stack.state_dir)).servers_state()}

@@ -3,8 +3,9 @@
 - kill -9 of the control plane in the middle of a rollout, then a restart:
   the rollout converges and the clients see no failure (Triton and HAProxy
   keep running and are adopted by the new process);
-- kill -9 of the Triton that serves: a bounded number of failures, then the
-  supervisor restarts it and the reconciler reloads its models.
+- kill -9 of the Triton that serves: the proxy fails over to the warm
+  standby pool at once (only calls in flight on the killed server fail), the
+  supervisor restarts it with its models loaded before it listens.
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def test_a_control_plane_killed_mid_rollout_converges_after_restart_and_no_reque
     print(f"kill -9 mid-rollout: {final['state']}; {clients.ok} requests, 0 failed")
 
 
-def test_a_killed_serving_triton_costs_a_bounded_number_of_requests_and_comes_back(deployed: Stack) -> None:
+def test_a_killed_serving_triton_fails_only_requests_in_flight_and_comes_back(deployed: Stack) -> None:
     stack = deployed
+    # The deploy woke the reconciler: the standby pool loads the release it serves.
+    stack.wait_standby("mlp")
     pid = int((stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text())
     with Clients(stack.grpc_url) as clients:
         time.sleep(1.0)
@@ -146,13 +149,14 @@ def test_a_killed_serving_triton_costs_a_bounded_number_of_requests_and_comes_ba
                 assert time.monotonic() - start < 60, stack.log()[-2000:]
                 time.sleep(0.1)
         recovered = time.monotonic() - start
-        before = len(clients.failures)
         time.sleep(2.0)
-    assert len(clients.failures) == before, "no failure once the model is READY again"
-    assert clients.ok > 0
     total = clients.ok + len(clients.failures)
     failed = len(clients.failures)
     print(f"kill -9 of the serving Triton: {failed} failed of {total}, ready after {recovered:.1f} s")
+    # Only calls already on the killed server's connection can fail: at most one per client thread.
+    assert failed <= 8, clients.failures[:5]
+    assert all("RST_STREAM" in f for f in clients.failures), clients.failures[:5]
+    assert clients.ok > 1000
 
 
 def test_the_cli_follows_a_rollout_and_a_rollback_and_refuses_bad_requests_in_one_line(

@@ -21,6 +21,7 @@ from triton_helpers import load_examples_module
 from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.analysis import Gates
 from controlplane.domain.models import VersionMetadata
+from controlplane.domain.policy import ModelPolicy
 from controlplane.domain.rollouts import RolloutSpec, RolloutState, Strategy
 from controlplane.errors import Conflict
 from controlplane.registry import store
@@ -55,6 +56,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "flaky": examples.build_flaky(root / "flaky"),
             "faulty": examples.build_faulty(root / "faulty", "mlp"),
         }
+        # The flaky version runs on the Python backend: folder code needs the model's explicit consent.
+        services.cp.set_policy(
+            "mlp", ModelPolicy(allow_code_backends=True, code_backends_require_signature=False), actor="tests"
+        )
         for name in ("v1", "v2", "flaky", "faulty"):
             archive = pack_directory(folders[name], root / f"{name}.tar.gz")
             services.cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
@@ -159,6 +164,13 @@ def test_promote_rollback_and_promote_again_under_load_fail_no_request(env: Env)
     assert window(_event_time(back, RolloutState.BAKING), _event_time(again, RolloutState.SHIFTING)) == {"v1"}
     assert window(_event_time(again, RolloutState.BAKING), load.answers[-1][0]) == {"v2"}
     assert "other" not in {k for _at, k in load.answers}
+    standby = again.source_pool
+    assert env.services.router.weights()[standby] == 0
+    assert env.services.cp.pools[standby].triton.is_model_ready("mlp", 2), "the old pool stays warm"
+    with env.services.cp.db.transaction() as session:
+        assert store.get_model(session, "mlp").deployments and all(
+            d.version == 2 for d in store.get_model(session, "mlp").deployments
+        )
 
 
 def test_a_canary_that_fails_requests_is_rolled_back_by_its_gate_before_full_traffic(env: Env) -> None:

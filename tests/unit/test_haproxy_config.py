@@ -11,6 +11,7 @@ green put in maintenance on the HTTP backend with weight 7 on the gRPC one.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -23,8 +24,8 @@ import pytest
 
 from controlplane.errors import ProxyError
 from controlplane.traffic.haproxy import (
+    GRPC_ALLOWED_METHODS,
     GRPC_BACKEND,
-    GRPC_MODEL_CONTROL_METHODS,
     HTTP_BACKEND,
     HAProxyRuntime,
     PoolEndpoint,
@@ -34,7 +35,14 @@ from controlplane.traffic.haproxy import (
     parse_servers_state,
     parse_stat_csv,
     parse_table,
+    pool_of_server,
     render_config,
+    standby_name,
+)
+from controlplane.traffic.haproxy_config import (
+    HTTP_ALL_MODEL_STATS,
+    HTTP_ALLOWED_GET,
+    HTTP_ALLOWED_POST,
 )
 
 STATE_DRAIN = """\
@@ -151,10 +159,11 @@ def test_grpc_side_speaks_h2_and_checks_health_on_the_http_port() -> None:
     assert "http-check expect status 200" in backend
     assert (
         "server blue 127.0.0.1:8001 proto h2 weight 100 check check-proto h1 port 8000"
-        " inter 500 fall 2 rise 2"
+        " inter 500 fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down"
     ) in backend
     assert (
-        "server green 127.0.0.1:9001 proto h2 weight 0 check check-proto h1 port 9000 inter 500 fall 2 rise 2"
+        "server green 127.0.0.1:9001 proto h2 weight 0 check check-proto h1 port 9000"
+        " inter 500 fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down"
     ) in backend
 
 
@@ -166,29 +175,193 @@ def test_http_side_uses_http_ports_with_same_pool_names_and_weights() -> None:
     assert f"default_backend {HTTP_BACKEND}" in frontend
     backend = _section(text, f"backend {HTTP_BACKEND}")
     assert "option httpchk GET /v2/health/ready" in backend
-    assert "server blue 127.0.0.1:8000 weight 100 check inter 500 fall 2 rise 2" in backend
-    assert "server green 127.0.0.1:9000 weight 0 check inter 500 fall 2 rise 2" in backend
+    observe = "observe layer4 error-limit 1 on-error mark-down"
+    assert f"server blue 127.0.0.1:8000 weight 100 check inter 500 fall 2 rise 2 {observe}" in backend
+    assert f"server green 127.0.0.1:9000 weight 0 check inter 500 fall 2 rise 2 {observe}" in backend
     assert not any("proto h2" in line for line in backend)
 
 
-def test_model_control_is_denied_on_both_frontends() -> None:
+def test_grpc_frontend_forwards_only_allowlisted_post_calls() -> None:
+    grpc = _section(render_config(_cfg()), "frontend grpc_in")
+    acl = next(line for line in grpc if line.startswith("acl grpc_allowed "))
+    assert acl.split()[:4] == ["acl", "grpc_allowed", "pathq", "-m"]
+    assert acl.split()[4] == "str"
+    assert tuple(acl.split()[5:]) == GRPC_ALLOWED_METHODS
+    assert "acl grpc_call method POST" in grpc
+    deny = (
+        'http-request return status 200 hdr grpc-status 7 hdr grpc-message "this method is not'
+        ' available through the proxy" unless grpc_call grpc_allowed'
+    )
+    # The deny comes before anything else the frontend does with a request.
+    assert next(line for line in grpc if line.startswith("http-request")) == deny
+
+
+def test_grpc_allowlist_holds_health_metadata_readiness_and_inference_only() -> None:
+    service = "/inference.GRPCInferenceService/"
+    assert set(GRPC_ALLOWED_METHODS) == {
+        service + "ServerLive",
+        service + "ServerReady",
+        service + "ModelReady",
+        service + "ServerMetadata",
+        service + "ModelMetadata",
+        service + "ModelInfer",
+        service + "ModelStreamInfer",
+        "/grpc.health.v1.Health/Check",
+    }
+
+
+def test_http_frontend_refuses_everything_but_allowlisted_get_and_post() -> None:
+    http = _section(render_config(_cfg()), "frontend http_in")
+    assert "acl get_request method GET" in http
+    assert "acl post_request method POST" in http
+    # Backslashes doubled: the config parser turns "\\\\" back into one.
+    get_words = " ".join(p.replace("\\", "\\\\") for p in HTTP_ALLOWED_GET)
+    post_words = " ".join(p.replace("\\", "\\\\") for p in HTTP_ALLOWED_POST)
+    assert f"acl get_allowed path -m reg {get_words}" in http
+    assert f"acl post_allowed path -m reg {post_words}" in http
+    assert all(p.endswith(r"\z") for p in HTTP_ALLOWED_GET + HTTP_ALLOWED_POST)
+    assert f"acl all_model_stats path -m str {HTTP_ALL_MODEL_STATS}" in http
+    deny = (
+        "http-request return status 403 content-type application/json"
+        """ string '{"error":"this endpoint is not available through the proxy"}'"""
+    )
+    rules = [line for line in http if line.startswith("http-request")]
+    assert rules[:2] == [
+        f"{deny} if all_model_stats",
+        f"{deny} unless get_request get_allowed || post_request post_allowed",
+    ]
+
+
+def _allowed(patterns: tuple[str, ...], path: str) -> bool:
+    # HAProxy uses PCRE2; of these patterns only PCRE2's end anchor \z is spelled
+    # differently in Python (\Z).
+    return any(re.search(pattern.replace(r"\z", r"\Z"), path) for pattern in patterns)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/mlp",
+        "/v2/models/mlp/versions/12",
+        "/v2/models/mlp/ready",
+        "/v2/models/my.model-v2_b/versions/3/ready",
+        "/v2/models/stats/ready",
+    ],
+)
+def test_http_get_patterns_accept_health_metadata_and_readiness(path: str) -> None:
+    assert _allowed(HTTP_ALLOWED_GET, path)
+    assert not _allowed(HTTP_ALLOWED_POST, path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/mlp/infer",
+        "/v2/models/mlp/versions/2/infer",
+        "/v2/models/mlp/generate",
+        "/v2/models/mlp/versions/1/generate_stream",
+    ],
+)
+def test_http_post_patterns_accept_inference_only(path: str) -> None:
+    assert _allowed(HTTP_ALLOWED_POST, path)
+    assert not _allowed(HTTP_ALLOWED_GET, path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/mlp/config",
+        "/v2/models/mlp/stats",
+        "/v2/models/mlp/versions/1/stats",
+        "/v2/models/mlp/trace/setting",
+        "/v2/repository/index",
+        "/v2/repository/models/mlp/load",
+        "/v2/systemsharedmemory/status",
+        "/v2/systemsharedmemory/region/r/register",
+        "/v2/cudasharedmemory/status",
+        "/v2/logging",
+        "/v2/trace/setting",
+        "/v2/",
+        "//v2/health/ready",
+        "/v2//health/ready",
+        "/v2/health/ready/",
+        "/V2/health/ready",
+        "/v2/health/READY",
+        "/v2/health%2Fready",
+        "/v2/models/mlp%2Fconfig",
+        "/v2/models/%2e%2e/repository/index",
+        "/v2/models/../repository/index",
+        "/v2/models/..",
+        "/v2/models/./ready",
+        "/v2/models/mlp/versions/one/infer",
+        "/v2/models/mlp/versions//infer",
+        "/v2/models/mlp/infer/",
+        "/v2/models/mlp/infer\n",
+        "/v2/models/m lp/ready",
+        "/metrics",
+        "",
+    ],
+)
+def test_http_patterns_refuse_admin_endpoints_and_path_tricks(path: str) -> None:
+    assert not _allowed(HTTP_ALLOWED_GET, path)
+    assert not _allowed(HTTP_ALLOWED_POST, path)
+
+
+def test_all_model_statistics_path_is_refused_although_it_looks_like_model_metadata() -> None:
+    # Triton routes the exact path to every model's statistics before its model patterns.
+    assert _allowed(HTTP_ALLOWED_GET, HTTP_ALL_MODEL_STATS)
+    assert HTTP_ALL_MODEL_STATS == "/v2/models/stats"
+
+
+def test_strip_request_headers_are_deleted_on_both_frontends() -> None:
+    text = render_config(_cfg(strip_request_headers=("Triton-Admin-Key", "x-other")))
+    for frontend in ("frontend grpc_in", "frontend http_in"):
+        rules = [line for line in _section(text, frontend) if line.startswith("http-request")]
+        assert "http-request del-header Triton-Admin-Key" in rules
+        assert "http-request del-header x-other" in rules
+    assert "del-header" not in render_config(_cfg())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [("bad header",), ("x:y",), ("",), ("-x",), ("a" * 129,), ("x\ny",), "Triton-Admin-Key", (1,)],
+)
+def test_strip_request_headers_reject_names_unsafe_in_the_config(headers: object) -> None:
+    with pytest.raises(ValueError):
+        _cfg(strip_request_headers=headers)
+
+
+def test_strip_request_headers_given_as_list_become_a_tuple() -> None:
+    assert _cfg(strip_request_headers=["x-a"]).strip_request_headers == ("x-a",)
+
+
+def test_each_pool_has_a_backup_standby_tracking_it_in_both_backends() -> None:
     text = render_config(_cfg())
-    grpc = _section(text, "frontend grpc_in")
-    acl = next(line for line in grpc if line.startswith("acl model_control"))
-    prefix = acl.split()[-1]
-    assert all(method.startswith(prefix) for method in GRPC_MODEL_CONTROL_METHODS)
-    assert not "/inference.GRPCInferenceService/ModelInfer".startswith(prefix)
-    assert any(
-        line.startswith("http-request return status 200 hdr grpc-status 7")
-        and line.endswith("if model_control")
-        for line in grpc
-    )
-    http = _section(text, "frontend http_in")
-    assert "acl model_control path,url_dec,lower -m beg /v2/repository" in http
-    assert any(
-        line.startswith("http-request return status 403") and line.endswith("if model_control")
-        for line in http
-    )
+    grpc = _section(text, f"backend {GRPC_BACKEND}")
+    http = _section(text, f"backend {HTTP_BACKEND}")
+    assert "option allbackups" in grpc
+    assert "option allbackups" in http
+    assert "server blue_standby 127.0.0.1:8001 proto h2 weight 1 backup track triton_grpc/blue" in grpc
+    assert "server green_standby 127.0.0.1:9001 proto h2 weight 1 backup track triton_grpc/green" in grpc
+    assert "server blue_standby 127.0.0.1:8000 weight 1 backup track triton_http/blue" in http
+    assert "server green_standby 127.0.0.1:9000 weight 1 backup track triton_http/green" in http
+    # A standby has no check of its own: it is UP, DOWN, drained exactly when its pool is.
+    assert not any("_standby" in line and " check" in line for line in grpc + http)
+
+
+def test_standby_names_map_back_to_their_pool() -> None:
+    assert standby_name("blue") == "blue_standby"
+    assert pool_of_server("blue_standby") == "blue"
+    assert pool_of_server("blue") == "blue"
+    assert len(standby_name("p" * 32)) == 40
+
+
+def test_a_pool_name_that_looks_like_a_standby_is_refused() -> None:
+    with pytest.raises(ValueError, match="_standby"):
+        PoolEndpoint(name="blue_standby", host="127.0.0.1", grpc_port=1, http_port=2, weight=0)
 
 
 def test_grpc_errors_are_tracked_per_server_name_in_a_stick_table() -> None:

@@ -85,6 +85,24 @@ def test_http_5xx_and_response_errors_count_as_proxy_errors(triton: TritonMetric
     assert sample.proxy_errors == 5 + 2 * (2 + 1)
 
 
+def test_traffic_and_errors_of_the_pools_standby_count_for_the_pool(triton: TritonMetricsClient) -> None:
+    rows = parse_stat_csv(SHOW_STAT)
+    # What the standby of blue carried while no weighted server was usable.
+    standby = [
+        dataclasses.replace(r, svname="blue_standby", stot=4, hrsp_5xx=1, eresp=0)
+        for r in rows
+        if r.svname == "blue" and r.kind == "server"
+    ]
+    table = SHOW_TABLE.rstrip("\n") + "\n0x55d0c0ffee00: key=blue_standby use=0 exp=0 http_req_cnt=3\n\n"
+    runtime = CannedRuntime(rows + standby, table=table)
+    sample = sample_pool(pool="blue", runtime=runtime, triton=triton, models=["mlp"])
+    assert sample.proxy_requests == 10 + 3 + 2 * 4
+    assert sample.proxy_errors == 5 + 3 + 2 * 1
+    # Green is untouched by blue's standby.
+    green = sample_pool(pool="green", runtime=runtime, triton=triton, models=["mlp"])
+    assert (green.proxy_requests, green.proxy_errors) == (9 + 3, 4)
+
+
 def test_a_pool_without_table_entry_has_no_grpc_errors(triton: TritonMetricsClient) -> None:
     empty_table = "# table: grpc_errors, type: string, size:1024, used:0\n\n"
     runtime = CannedRuntime(parse_stat_csv(SHOW_STAT), table=empty_table)

@@ -10,9 +10,15 @@ import pytest
 
 from controlplane.triton.backend_dir import pytriton_layout, tritonserver_binary
 from controlplane.triton.server_command import (
+    ADMIN_KEY_HEADER,
+    GRPC_ADMIN_KEY_HEADER,
+    RESTRICTED_APIS,
+    admin_headers,
+    new_admin_key,
     tritonserver_argv,
     tritonserver_command,
     tritonserver_env,
+    validate_admin_key,
     validate_shm_prefix,
 )
 
@@ -117,3 +123,68 @@ def test_binary_is_executable() -> None:
     binary = tritonserver_binary()
     assert binary.is_file()
     assert os.access(binary, os.X_OK)
+
+
+def test_every_listener_binds_to_the_given_address_and_loopback_by_default() -> None:
+    assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(
+        _argv()
+    )
+    chosen = _argv(address="10.1.2.3")
+    assert {"--http-address=10.1.2.3", "--grpc-address=10.1.2.3", "--metrics-address=10.1.2.3"} <= set(chosen)
+    assert not any(a.endswith("0.0.0.0") for a in chosen)
+
+
+@pytest.mark.parametrize("address", ["", "localhost", "0.0.0.0:80", "10.0.0.1 --load-model=*"])
+def test_an_address_that_is_not_an_ip_is_refused(address: str) -> None:
+    with pytest.raises(ValueError, match="IP address"):
+        _argv(address=address)
+
+
+def test_an_admin_key_restricts_every_admin_api_on_http_and_grpc() -> None:
+    key = new_admin_key()
+    argv = _argv(admin_key=key)
+    restriction = (
+        "model-repository,model-config,shared-memory,statistics,trace,logging:x-controlplane-admin-key=" + key
+    )
+    assert f"--http-restricted-api={restriction}" in argv
+    assert f"--grpc-restricted-protocol={restriction}" in argv
+    assert not {"health", "metadata", "inference"} & set(RESTRICTED_APIS)
+
+
+def test_without_an_admin_key_nothing_is_restricted() -> None:
+    assert not any("restricted" in arg for arg in _argv())
+
+
+@pytest.mark.parametrize("key", ["short", "has,comma" * 3, "has=equals-and-more-chars", "x" * 129, "a b" * 8])
+def test_an_unsafe_admin_key_is_refused_without_being_echoed(key: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        _argv(admin_key=key)
+    assert key not in str(refused.value)
+
+
+def test_new_admin_keys_are_random_and_valid() -> None:
+    first, second = new_admin_key(), new_admin_key()
+    assert first != second
+    assert validate_admin_key(first) == first and len(first) >= 40
+
+
+def test_admin_headers_open_both_protocols() -> None:
+    assert admin_headers("k" * 20) == {
+        "x-controlplane-admin-key": "k" * 20,
+        "triton-grpc-protocol-x-controlplane-admin-key": "k" * 20,
+    }
+    assert ADMIN_KEY_HEADER.islower(), "gRPC metadata keys must be lowercase"
+    assert GRPC_ADMIN_KEY_HEADER == "triton-grpc-protocol-" + ADMIN_KEY_HEADER
+
+
+def test_loading_all_models_at_start_keeps_the_server_up_when_one_fails() -> None:
+    argv = _argv(load_all_models=True)
+    assert argv[-2:] == ["--load-model=*", "--exit-on-error=false"]
+    assert "--load-model=*" not in _argv()
+
+
+def test_env_drops_the_control_planes_own_variables() -> None:
+    base = {"PATH": "/bin", "CONTROLPLANE_DATABASE_URL": "postgresql://u:pw@db/x", "CONTROLPLANE_TOKEN": "t"}
+    env = tritonserver_env(base_env=base, libs_dir=Path("/l"), venv=None, bin_dir=Path("/v"))
+    assert not [k for k in env if k.startswith("CONTROLPLANE_")]
+    assert env["PATH"] == "/v:/bin"

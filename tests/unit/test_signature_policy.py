@@ -11,6 +11,7 @@ from controlplane.domain.policy import (
     SignaturePolicy,
     SignatureRecord,
     check_deployable,
+    check_pushable,
     effective_policy,
     signer_names,
 )
@@ -66,3 +67,49 @@ def test_a_model_policy_overrides_only_what_it_sets() -> None:
 def test_signer_names_in_a_policy_must_have_a_known_prefix() -> None:
     with pytest.raises(InvalidInput, match="must start with one of"):
         SignaturePolicy(allowed_signers=("alice",)).validate()
+
+
+# -- backends that run the folder's code ------------------------------------------------------------
+
+PYTHON = ("backend 'python'",)
+
+
+def check_code(signature: SignatureRecord | None, policy: SignaturePolicy) -> None:
+    check_deployable(
+        model="mlp", number=3, manifest=MANIFEST, signature=signature, policy=policy, code_runners=PYTHON
+    )
+
+
+def test_a_version_that_runs_folder_code_is_refused_unless_the_model_allows_it() -> None:
+    with pytest.raises(PolicyViolation, match="backend 'python' runs code from the model folder") as refused:
+        check_code(KEY_SIGNED, SignaturePolicy())
+    assert refused.value.details == {"rule": "allow_code_backends", "code": ["backend 'python'"]}
+    with pytest.raises(PolicyViolation):
+        check_pushable(model="mlp", code_runners=PYTHON, policy=SignaturePolicy(require_signature=True))
+    check_pushable(model="mlp", code_runners=PYTHON, policy=SignaturePolicy(allow_code_backends=True))
+    check_pushable(model="mlp", code_runners=(), policy=SignaturePolicy())
+
+
+def test_an_allowed_code_backend_still_needs_a_verified_signature_by_default() -> None:
+    allowed = SignaturePolicy(allow_code_backends=True)
+    with pytest.raises(PolicyViolation, match="has no verified signature") as refused:
+        check_code(None, allowed)
+    assert refused.value.details["rule"] == "code_backends_require_signature"
+    check_code(KEY_SIGNED, allowed)
+    check_code(None, SignaturePolicy(allow_code_backends=True, code_backends_require_signature=False))
+
+
+def test_signer_pins_apply_to_code_backends_too() -> None:
+    pinned = SignaturePolicy(allow_code_backends=True, allowed_signers=(f"key:{'z' * 64}",))
+    with pytest.raises(PolicyViolation, match="not by an allowed signer"):
+        check_code(KEY_SIGNED, pinned)
+
+
+def test_a_model_policy_sets_the_code_backend_rules_and_leaves_the_rest_global() -> None:
+    base = SignaturePolicy(require_signature=True)
+    own = ModelPolicy(allow_code_backends=True, code_backends_require_signature=False)
+    assert effective_policy(base, own) == SignaturePolicy(
+        require_signature=True, allow_code_backends=True, code_backends_require_signature=False
+    )
+    assert effective_policy(base, ModelPolicy()).allow_code_backends is False
+    assert effective_policy(base, ModelPolicy()).code_backends_require_signature is True
