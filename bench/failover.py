@@ -135,7 +135,7 @@ def run_case(*, warm: bool, streams: int, seconds: float, work: Path) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=12.0, help="load per case; the kill is halfway")
+    parser.add_argument("--seconds", type=float, default=16.0, help="load per case; the kill is halfway")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cp-failover-"))
     try:

@@ -68,6 +68,9 @@ from controlplane.triton.drift import config_drift
 log = logging.getLogger(__name__)
 
 
+NOT_INSTALLED = "not_installed"
+
+
 @dataclass(frozen=True)
 class ModelHealth:
     """Whether a model is READY where it serves, and why not."""
@@ -416,7 +419,10 @@ class ControlPlane:
             if not problems:
                 continue
             kind, detail = problems[0]
-            self._drift(pool, name, kind, "; ".join(d for _k, d in problems))
+            if kind == NOT_INSTALLED:
+                log.info("reconcile: installing %s version %s on %s", name, version.number, pool.name)
+            else:
+                self._drift(pool, name, kind, "; ".join(d for _k, d in problems))
             try:
                 install(pool, version, self.blobs, previous=version.number, load_timeout=self.load_timeout)
             except (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted) as exc:
@@ -424,7 +430,19 @@ class ControlPlane:
                 log.error("reconcile: %s version %s on %s: %s", name, version.number, pool.name, exc)
                 changes.append(f"failed {name} version {version.number} on {pool.name}: {exc.message}")
                 continue
-            changes.append(f"repaired {name} version {version.number} on {pool.name} ({kind}: {detail})")
+            if kind == NOT_INSTALLED:
+                self._audit(
+                    "reconciler",
+                    "reconcile.install",
+                    f"{pool.name}/{name}",
+                    "serving",
+                    {"pool": pool.name, "version": version.number},
+                )
+                changes.append(f"installed {name} version {version.number} on {pool.name}")
+            else:
+                changes.append(
+                    f"repaired {name} version {version.number} on {pool.name} ({kind}: {detail})"
+                )
         for name in sorted({s.name for s in loaded if s.state == "READY"} - set(wanted)):
             self._drift(pool, name, "unexpected_model", "loaded in Triton but in no release")
             pool.triton.unload(name)
@@ -434,10 +452,13 @@ class ControlPlane:
     def _model_drift(self, pool: Pool, version: ModelVersion, loaded: list) -> list[tuple[str, str]]:
         """(kind, detail) for each way ``pool`` does not serve exactly ``version``; [] if it does."""
         name = version.model
+        states = {s.version: s.state for s in loaded if s.name == name}
+        if not (pool.repository.live / name).exists() and "READY" not in states.values():
+            # Recorded but never installed here (a new release, a standby that follows): no drift.
+            return [(NOT_INSTALLED, f"version {version.number} is not installed")]
         files = pool.repository.differences(version, self.blobs)
         if files:
             return [("files", f) for f in files]
-        states = {s.version: s.state for s in loaded if s.name == name}
         others = sorted(v for v, state in states.items() if state == "READY" and v != str(version.number))
         if others:
             return [("unexpected_version", f"version {', '.join(others)} is loaded")]
