@@ -92,6 +92,7 @@ HTTP_ALLOWED_POST: tuple[str, ...] = (rf"^{_HTTP_MODEL_PREFIX}/(infer|generate|g
 HTTP_ALL_MODEL_STATS = "/v2/models/stats"
 PROXY_DENIED_GRPC_MESSAGE = "this method is not available through the proxy"
 PROXY_DENIED_HTTP_MESSAGE = "this endpoint is not available through the proxy"
+PROXY_CHUNKED_MESSAGE = "chunked request bodies are not accepted through the proxy; send Content-Length"
 # gRPC status code PERMISSION_DENIED.
 GRPC_PERMISSION_DENIED = 7
 
@@ -369,6 +370,10 @@ def _http_allowlist(cfg: ProxyConfig) -> list[str]:
         f"    acl all_model_stats path -m str {HTTP_ALL_MODEL_STATS}",
         f"{deny} if all_model_stats",
         f"{deny} unless get_request get_allowed || post_request post_allowed",
+        # Triton before 25.07 overflows its stack on many small chunks
+        # (CVE-2025-23310/23311); Triton clients send Content-Length.
+        "    http-request return status 411 content-type application/json"
+        f" string '{{\"error\":\"{PROXY_CHUNKED_MESSAGE}\"}}' if {{ req.hdr(transfer-encoding) -m found }}",
         *(f"    http-request del-header {name}" for name in cfg.strip_request_headers),
     ]
 

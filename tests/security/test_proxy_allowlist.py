@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,6 +179,30 @@ def test_health_metadata_readiness_and_inference_pass_over_http(
 ) -> None:
     status, answer = _http(proxy_stack, method, path, body)
     assert status == 200, answer
+
+
+def test_a_chunked_request_body_is_refused_before_it_reaches_triton(proxy_stack: Stack) -> None:
+    # Triton before 25.07 overflows its stack on a body of many tiny chunks (CVE-2025-23310/23311).
+    host, port = proxy_stack.http_url.rsplit(":", 1)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(INFER_BODY[i : i + 6]), INFER_BODY[i : i + 6])
+        for i in range(0, len(INFER_BODY), 6)
+    )
+    request = (
+        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode() + chunks + b"0\r\n\r\n"
+    # One write: the proxy answers at the headers and may close before a slower client is done.
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 411 Length Required"
+    assert "chunked request bodies are not accepted" in json.loads(body)["error"]
+    assert _http(proxy_stack, "POST", f"/v2/models/{MODEL}/infer", INFER_BODY)[0] == 200
 
 
 @pytest.mark.parametrize("endpoint", ["generate", "generate_stream"])

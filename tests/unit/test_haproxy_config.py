@@ -316,6 +316,12 @@ def test_all_model_statistics_path_is_refused_although_it_looks_like_model_metad
     assert HTTP_ALL_MODEL_STATS == "/v2/models/stats"
 
 
+def test_http_requests_with_a_chunked_body_are_answered_411_by_the_proxy() -> None:
+    rules = [line for line in _section(render_config(_cfg()), "frontend http_in") if "411" in line]
+    assert len(rules) == 1
+    assert rules[0].endswith("if { req.hdr(transfer-encoding) -m found }")
+
+
 def test_strip_request_headers_are_deleted_on_both_frontends() -> None:
     text = render_config(_cfg(strip_request_headers=("Triton-Admin-Key", "x-other")))
     for frontend in ("frontend grpc_in", "frontend http_in"):
