@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,18 +84,27 @@ def up(
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL [CONTROLPLANE_DATABASE_URL]; default SQLite.")
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text, or json: a JSON object per line [CONTROLPLANE_LOG_FORMAT]."),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error [CONTROLPLANE_LOG_LEVEL].")
+    ] = None,
 ) -> None:
     """Start the embedded stack: Triton, HAProxy and the REST API, until Ctrl-C or SIGTERM."""
     from controlplane.runtime.embedded import run_embedded
     from controlplane.settings import Settings
 
-    overrides = {
+    overrides: dict[str, Any] = {
         "state_dir": state_dir,
         "api_port": api_port,
         "grpc_port": grpc_port,
         "http_port": http_port,
         "host": host,
         "database_url": database_url,
+        "log_format": log_format,
+        "log_level": log_level,
     }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -500,7 +508,7 @@ def _token_session(database_url: str | None, state_dir: Path | None) -> Iterator
     from controlplane.registry.db import Database
     from controlplane.settings import Settings
 
-    settings = Settings(**({"state_dir": state_dir} if state_dir else {}))
+    settings = Settings(state_dir=state_dir) if state_dir else Settings()
     db = Database(database_url or settings.effective_database_url)
     try:
         db.check_schema()
@@ -584,7 +592,7 @@ def gc(
     from controlplane.registry.db import Database
     from controlplane.settings import Settings
 
-    settings = Settings(**({"state_dir": state_dir} if state_dir else {}))
+    settings = Settings(state_dir=state_dir) if state_dir else Settings()
     db = Database(database_url or settings.effective_database_url)
     try:
         db.check_schema()
@@ -616,4 +624,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

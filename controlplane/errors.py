@@ -56,6 +56,12 @@ class Conflict(ControlPlaneError):
     code = "conflict"
 
 
+class PoolBusy(Conflict):
+    """Another operation holds the pool (``details``: the pool and its holder); retry when it has ended."""
+
+    code = "pool_busy"
+
+
 class DeployFailed(ControlPlaneError):
     """Triton refused or failed the new version; what served before still serves."""
 

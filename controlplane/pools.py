@@ -1,4 +1,4 @@
-"""A Triton pool as the services use it: its repository, its Triton, and one lock.
+"""A Triton pool as the services use it: its repository and its Triton.
 
 ``install`` is the order of operations that loses no request on a pool that
 serves traffic (measured with Triton 2.51): build the folder aside, swap it in atomically,
@@ -6,15 +6,16 @@ reload in Triton (the old version serves until the new one is READY),
 smoke-test, and only then report success. On failure the previous folder is
 swapped back and reloaded, so the repository and Triton keep agreeing.
 
-Concurrency: callers hold ``Pool.lock`` while they change a pool.
+Concurrency: callers hold the pool's claim (``controlplane.claims``) while
+they change a pool; the claim, a database row, excludes every other
+operation, in this process or another, so no in-process lock is needed.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.domain.models import ModelVersion
@@ -32,10 +33,6 @@ class Pool:
     name: str
     repository: PoolRepository
     triton: TritonClient
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    """Held while anything changes the pool's files or Triton (deploys, rollouts, reconciler passes)."""
-    deploy_claim: threading.Lock = field(default_factory=threading.Lock)
-    """Held for a whole deploy, so that a second one is refused rather than queued."""
 
 
 def install(

@@ -1,7 +1,10 @@
 """The service layer: push, deploy, reconcile, health. API, CLI and runtime call these.
 
-Concurrency: one deploy per pool at a time (a second gets Conflict, not a
-race); pushes run concurrently and the registry numbers them without races.
+Concurrency: a deploy and a reconciler repair each hold the claim of the
+pool they change (``pool_claims``, see ``controlplane.claims``), so one
+operation per pool runs at a time across threads and control-plane processes
+(a second gets PoolBusy naming the holder; a repair in the way is waited
+out); pushes run concurrently and the registry numbers them without races.
 
 Deploy order (measured to lose no request on one pool):
 build the new folder aside, swap it in atomically, reload in Triton (the old
@@ -20,10 +23,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+import uuid
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
@@ -31,6 +36,8 @@ from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS
 from controlplane.artifacts.ingest import IngestedArtifact, ingest_archive
 from controlplane.artifacts.model_config import ConfigReview, code_runners_of
 from controlplane.artifacts.signatures import SignatureRejected, TrustedSigners, verify_folder
+from controlplane.claims import ALL_KINDS, PoolClaims, patiently
+from controlplane.domain.claims import Holder, HolderKind
 from controlplane.domain.models import (
     Deployment,
     Model,
@@ -56,6 +63,7 @@ from controlplane.errors import (
     DeployFailed,
     ModelLoadFailed,
     NotFound,
+    PoolBusy,
     SmokeTestFailed,
     TritonUnavailable,
 )
@@ -97,6 +105,7 @@ class ControlPlane:
         trusted: TrustedSigners | None = None,
         global_policy: SignaturePolicy | None = None,
         allowed_backends: Collection[str] = DEFAULT_ALLOWED_BACKENDS,
+        claims: PoolClaims | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -108,6 +117,7 @@ class ControlPlane:
         self.trusted = trusted or TrustedSigners()
         self.global_policy = global_policy or SignaturePolicy()
         self.allowed_backends = tuple(allowed_backends)
+        self.claims = claims or PoolClaims(db)
         self.after_deploy: Callable[[], None] | None = None
         """Called after every successful deploy (the composition root wakes the reconciler)."""
 
@@ -273,121 +283,169 @@ class ControlPlane:
 
     # deploy -------------------------------------------------------------------
 
-    def _pool(self, name: str | None) -> Pool:
+    def _pool(self, session: Session, name: str | None) -> Pool:
         pool_name = name
         if pool_name is None:
-            with self.db.transaction() as session:
-                weights = rollout_store.pool_weights(session)
+            weights = rollout_store.pool_weights(session)
             pool_name = rollout_store.live_pool_of(weights) if weights else self.default_pool
         try:
             return self.pools[pool_name]
         except KeyError:
             raise NotFound(f"pool {pool_name!r} does not exist", code="pool_not_found") from None
 
-    @contextmanager
-    def _exclusive(self, pool: Pool) -> Iterator[None]:
-        """One deploy per pool (a second gets Conflict); waits out a reconciler pass holding the pool."""
-        if not pool.deploy_claim.acquire(blocking=False):
-            raise Conflict(f"another deploy is running on pool {pool.name!r}", code="deploy_in_progress")
-        try:
-            with pool.lock:
-                yield
-        finally:
-            pool.deploy_claim.release()
-
     def deploy(
         self, model: str, number: int, *, pool: str | None = None, actor: str = "anonymous"
     ) -> Deployment:
-        """Make ``number`` the version of ``model`` that ``pool`` serves."""
-        target = self._pool(pool)
+        """Make ``number`` the version of ``model`` that ``pool`` serves.
+
+        The pool's claim is taken in the transaction that reads what the pool
+        serves and released in the one that records the outcome; PoolBusy
+        (409) names the rollout or deploy that holds the pool.
+        """
         self.check_deployable(model, number)
-        with self.db.transaction() as session:
-            running = rollout_store.list_rollouts(session, active_only=True)
-        if running:
-            raise Conflict(
-                f"rollout {running[0].id} is running; deploy when it has ended",
-                code="rollout_in_progress",
-                details={"rollout": running[0].id},
-            )
-        with self._exclusive(target):
+        holder = Holder(HolderKind.DEPLOY, uuid.uuid4().hex)
+
+        def claim() -> tuple[Pool, ModelVersion, Deployment | None]:
             with self.db.transaction() as session:
+                target = self._pool(session, pool)
                 version = store.get_version(session, model, number)
                 current = store.find_deployment(session, model=model, pool=target.name)
-            started = time.monotonic()
-            try:
-                install(
-                    target,
-                    version,
-                    self.blobs,
-                    previous=current.version if current else None,
-                    load_timeout=self.load_timeout,
-                )
-            except (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted) as exc:
-                reason = self.redact(exc.message)
-                with self.db.transaction() as session:
-                    store.set_version_state(
-                        session, model=model, number=number, state=VersionState.FAILED, error=reason
-                    )
-                    store.append_event(
-                        session,
-                        actor=actor,
-                        action="deploy",
-                        target=f"{model}/{number}",
-                        outcome="failed",
-                        details={"pool": target.name, "code": exc.code, "error": reason},
-                    )
-                DEPLOYS.labels("failed").inc()
-                raise DeployFailed(
-                    f"deploy of {model} version {number} failed: {reason}",
-                    details={"cause": exc.code, "still_serving": current.version if current else None},
-                ) from exc
+                self.claims.take(session, [target.name], holder)
+            return target, version, current
+
+        try:
+            target, version, current = patiently(claim, timeout=self.load_timeout)
+            return self._deploy_claimed(target, version, current, holder=holder, actor=actor)
+        finally:
+            self.claims.done(holder)
+
+    def _deploy_claimed(
+        self, target: Pool, version: ModelVersion, current: Deployment | None, *, holder: Holder, actor: str
+    ) -> Deployment:
+        model, number = version.model, version.number
+        started = time.monotonic()
+        try:
+            install(
+                target,
+                version,
+                self.blobs,
+                previous=current.version if current else None,
+                load_timeout=self.load_timeout,
+            )
+        except (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted) as exc:
+            reason = self.redact(exc.message)
             with self.db.transaction() as session:
-                store.set_deployment(session, model=model, pool=target.name, number=number)
-                store.set_version_state(session, model=model, number=number, state=VersionState.SERVING)
-                if current and current.version != number:
-                    store.set_version_state(
-                        session, model=model, number=current.version, state=VersionState.RETIRED
-                    )
+                self.claims.release(session, holder)
+                store.set_version_state(
+                    session, model=model, number=number, state=VersionState.FAILED, error=reason
+                )
                 store.append_event(
                     session,
                     actor=actor,
                     action="deploy",
                     target=f"{model}/{number}",
-                    outcome="serving",
-                    details={
-                        "pool": target.name,
-                        "previous": current.version if current else None,
-                        "seconds": round(time.monotonic() - started, 3),
-                    },
+                    outcome="failed",
+                    details={"pool": target.name, "code": exc.code, "error": reason},
                 )
-                deployment = store.find_deployment(session, model=model, pool=target.name)
-            DEPLOYS.labels("serving").inc()
-            DEPLOY_SECONDS.observe(time.monotonic() - started)
-            if self.after_deploy is not None:
-                self.after_deploy()
-            assert deployment is not None
-            return deployment
+            DEPLOYS.labels("failed").inc()
+            raise DeployFailed(
+                f"deploy of {model} version {number} failed: {reason}",
+                details={"cause": exc.code, "still_serving": current.version if current else None},
+            ) from exc
+        except BaseException:
+            self._release_quietly(holder)
+            raise
+        with self.db.transaction() as session:
+            if not self.claims.release(session, holder):
+                # Our lease ran out (the database was gone for a while) and another operation took
+                # the pool: what it does wins; the reconciler returns the pool to its recorded release.
+                raise Conflict(
+                    f"the deploy of {model} version {number} lost pool {target.name!r} to another "
+                    "operation before it could be recorded; nothing was recorded",
+                    code="claim_lost",
+                    details={"pool": target.name},
+                )
+            store.set_deployment(session, model=model, pool=target.name, number=number)
+            store.set_version_state(session, model=model, number=number, state=VersionState.SERVING)
+            if current and current.version != number:
+                store.set_version_state(
+                    session, model=model, number=current.version, state=VersionState.RETIRED
+                )
+            store.append_event(
+                session,
+                actor=actor,
+                action="deploy",
+                target=f"{model}/{number}",
+                outcome="serving",
+                details={
+                    "pool": target.name,
+                    "previous": current.version if current else None,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            )
+            deployment = store.find_deployment(session, model=model, pool=target.name)
+        DEPLOYS.labels("serving").inc()
+        DEPLOY_SECONDS.observe(time.monotonic() - started)
+        if self.after_deploy is not None:
+            self.after_deploy()
+        assert deployment is not None
+        return deployment
 
     # reconcile ----------------------------------------------------------------
 
-    def reconcile(self, *, only: str | None = None, block: bool = False) -> list[str]:
+    def reconcile(
+        self,
+        *,
+        only: str | None = None,
+        block: bool = False,
+        prepare: Callable[[Session, str], list[str]] | None = None,
+    ) -> list[str]:
         """Make pools' repositories and Triton match the recorded deployments; return what changed.
 
-        A pool that another operation holds is skipped (reported as such)
-        unless ``block`` is set, in which case this waits for it.
+        Each pool is repaired under its claim (a ``repair`` holder). A pool
+        that another operation holds is skipped (reported as such) unless
+        ``block`` is set, in which case this waits up to ``load_timeout`` for
+        it. ``prepare(session, pool)`` runs in the transaction that takes the
+        claim, before the repair (the reconciler records a standby's release
+        there); its lines are returned with the rest.
         """
         changes: list[str] = []
         for pool in self.pools.values():
             if only is not None and pool.name != only:
                 continue
-            if not pool.lock.acquire(blocking=block):
-                changes.append(f"skipped {pool.name}: busy")
+            holder = Holder(HolderKind.REPAIR, uuid.uuid4().hex)
+
+            def claim(pool: Pool = pool, holder: Holder = holder) -> list[str]:
+                with self.db.transaction() as session:
+                    self.claims.take(session, [pool.name], holder)
+                    return prepare(session, pool.name) if prepare is not None else []
+
+            try:
+                changes.extend(
+                    patiently(claim, timeout=self.load_timeout, behind=ALL_KINDS) if block else claim()
+                )
+            except PoolBusy as exc:
+                self.claims.done(holder)
+                changes.append(f"skipped {pool.name}: busy ({exc.details['holder']['kind']})")
                 continue
+            except BaseException:
+                self.claims.done(holder)
+                raise
             try:
                 changes.extend(self._reconcile_pool(pool))
             finally:
-                pool.lock.release()
+                self._release_quietly(holder)
         return changes
+
+    def _release_quietly(self, holder: Holder) -> None:
+        """End ``holder``'s claims; if the database refuses, its lease runs out by itself."""
+        try:
+            with self.db.transaction() as session:
+                self.claims.release(session, holder)
+        except ControlPlaneError as exc:
+            log.warning("releasing the claim of %s: %s; its lease will run out", holder, exc.message)
+        finally:
+            self.claims.done(holder)
 
     def _reconcile_pool(self, pool: Pool) -> list[str]:
         """Find where ``pool`` differs from its recorded release and repair it.
@@ -440,9 +498,7 @@ class ControlPlane:
                 )
                 changes.append(f"installed {name} version {version.number} on {pool.name}")
             else:
-                changes.append(
-                    f"repaired {name} version {version.number} on {pool.name} ({kind}: {detail})"
-                )
+                changes.append(f"repaired {name} version {version.number} on {pool.name} ({kind}: {detail})")
         for name in sorted({s.name for s in loaded if s.state == "READY"} - set(wanted)):
             self._drift(pool, name, "unexpected_model", "loaded in Triton but in no release")
             pool.triton.unload(name)

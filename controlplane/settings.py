@@ -7,12 +7,12 @@ defaults to a SQLite file there so that ``controlplane up`` needs nothing else.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS
-from controlplane.artifacts.signatures import TrustedSigners
+from controlplane.domain.policy import DEFAULT_ALLOWED_BACKENDS
 
 
 class Settings(BaseSettings):
@@ -97,28 +97,24 @@ class Settings(BaseSettings):
     refusal_audit_per_second: float = Field(
         default=1.0, gt=0, description="401/403 audit rows per second after the burst."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: for a person; json: one object per line, with rollout/request id."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe level logged; routine library lines are DEBUG."
+    )
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @field_validator("state_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
-
-    def trusted_signers(self) -> TrustedSigners:
-        """Who may sign, from the files and names configured."""
-
-        def items(value: str) -> list[str]:
-            return [x.strip() for x in value.split(",") if x.strip()]
-
-        return TrustedSigners(
-            public_keys=tuple(Path(p).read_bytes() for p in items(self.trusted_public_keys)),
-            certificate_roots=tuple(Path(p).read_bytes() for p in items(self.trusted_cert_roots)),
-            allowed_cert_identities=tuple(items(self.allowed_cert_identities)),
-            sigstore_identities=tuple(
-                (identity, issuer)
-                for identity, _sep, issuer in (p.partition("|") for p in items(self.sigstore_identities))
-            ),
-            sigstore_trust_config=self.sigstore_trust_config,
-        )
 
     @property
     def effective_database_url(self) -> str:

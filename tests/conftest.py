@@ -76,3 +76,24 @@ def database(empty_database: Database) -> Database:
     """A migrated database, once on SQLite and once on PostgreSQL."""
     empty_database.upgrade()
     return empty_database
+
+
+_SERVER_TIERS = ("integration", "security")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give the ``integration`` marker to every test that needs a server, wherever it was written.
+
+    Modules under tests/integration and tests/security declare it themselves
+    (they start Triton, HAProxy or ``controlplane up``); this also covers a
+    module that forgot, and the PostgreSQL case of tests parametrised over
+    both databases, so that ``pytest -m "not integration"`` never needs a
+    server. Runs before ``-m`` selects.
+    """
+    for item in items:
+        tier = item.path.parent.name
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and "postgresql" in callspec.params.values()
+        if (tier in _SERVER_TIERS or on_postgres) and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)

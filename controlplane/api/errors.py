@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane import errors
+from controlplane.logs import request_id_headers
 
 log = logging.getLogger("controlplane.api")
 
@@ -49,8 +50,11 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def _internal(request: Request, exc: BaseException) -> JSONResponse:
     """500 with a stable code; the trace goes to the server log, never to the client."""
     log.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
+    # Rendered outside the request guard, so the request id header is added here.
     return JSONResponse(
-        error_body("internal_error", "the control plane failed unexpectedly; see its log"), status_code=500
+        error_body("internal_error", "the control plane failed unexpectedly; see its log"),
+        status_code=500,
+        headers=request_id_headers(),
     )
 
 

@@ -12,6 +12,10 @@ megabytes. This guard runs first, for every request:
 3. every body read (uploads too) is paced: a client that stops sending or
    trickles slower than ``min_bytes_per_second`` once ``idle_timeout`` has
    passed gets 408 and its connection closed.
+
+Every answer carries ``X-Request-ID``: the client's own when it sent a short
+token, otherwise a new one. The id tags every log line of the request
+(``controlplane.logs``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from starlette.datastructures import Headers, QueryParams
 from controlplane.api.auth import ANONYMOUS_CALLER, CALLER_KEY, MESSAGES, Authenticator, Caller
 from controlplane.api.errors import error_body
 from controlplane.errors import DatabaseUnavailable, RequestTimeout
+from controlplane.logs import REQUEST_ID, REQUEST_ID_HEADER, accepted_request_id
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -134,6 +139,14 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = accepted_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        token = REQUEST_ID.set(request_id)
+        await self._guard(scope, receive, _echo_request_id(request_id, send))
+        # Not reset when the application raised: the 500 handler runs after this frame, in the same
+        # task, and its log line and answer need the id. uvicorn gives each request a fresh task.
+        REQUEST_ID.reset(token)
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         unread = _declared_length(headers) or 0
         drain_would_be_costly = unread > _DRAIN_LIMIT or "chunked" in headers.get("transfer-encoding", "")
@@ -222,6 +235,18 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _echo_request_id(request_id: str, send: Send) -> Send:
+    """A send that adds the request id header to the response (every answer, refusals too)."""
+    header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+
+    async def echo(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return echo
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -118,6 +118,8 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.api_port,
         log_level="warning",
+        # No handlers of uvicorn's own: its lines go through the control plane's (text or JSON).
+        log_config=None,
         http=protocol_class(settings.header_timeout_seconds),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_keep_alive=settings.keep_alive_seconds,

@@ -46,7 +46,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, cast
 
 from controlplane.errors import ArchiveRejected, InvalidInput, InvalidModelConfig
 
@@ -472,8 +472,13 @@ def _open_xz(raw: BinaryIO) -> IO[bytes]:
     return io.BufferedReader(reader)
 
 
+def _open_gzip(raw: BinaryIO) -> IO[bytes]:
+    # GzipFile has every method of IO[bytes]; typeshed only declares it a BufferedIOBase.
+    return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+
+
 _DECOMPRESSORS: dict[str, Callable[[BinaryIO], IO[bytes]]] = {
-    "gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    "gz": _open_gzip,
     "bz2": lambda raw: bz2.BZ2File(raw, mode="rb"),
     "xz": _open_xz,
 }

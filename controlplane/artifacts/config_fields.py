@@ -20,19 +20,12 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2
 
+# Re-exported: the checks here default to it, and callers import it from here.
+from controlplane.domain.policy import DEFAULT_ALLOWED_BACKENDS as DEFAULT_ALLOWED_BACKENDS
 from controlplane.errors import InvalidModelConfig
 
 # Backends whose implementation ships with Triton and runs no code from the model folder.
 NATIVE_BACKENDS = frozenset({"onnxruntime", "tensorrt", "pytorch", "tensorflow", "openvino", "ensemble"})
-DEFAULT_ALLOWED_BACKENDS = (
-    "onnxruntime",
-    "tensorrt",
-    "pytorch",
-    "tensorflow",
-    "openvino",
-    "python",
-    "ensemble",
-)
 # Triton's platform names and the backend each one selects.
 PLATFORM_BACKENDS = {
     "onnxruntime_onnx": "onnxruntime",
@@ -132,8 +125,8 @@ def check_backend(config: model_config_pb2.ModelConfig, allowed: Collection[str]
         check_bare_name("platform", config.platform)
         selected = PLATFORM_BACKENDS.get(config.platform)
         if selected is None or selected not in allowed_set:
-            known = sorted(p for p, b in PLATFORM_BACKENDS.items() if b in allowed_set)
-            raise _refuse("platform", config.platform, f"is not an allowed platform ({', '.join(known)})")
+            platforms = sorted(p for p, b in PLATFORM_BACKENDS.items() if b in allowed_set)
+            raise _refuse("platform", config.platform, f"is not an allowed platform ({', '.join(platforms)})")
     if config.runtime:
         check_bare_name("runtime", config.runtime)
 

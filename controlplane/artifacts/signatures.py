@@ -54,6 +54,7 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -651,7 +652,7 @@ def _verify_key(
             key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         error = _run_library(
-            lambda path=key_path: verifying.Config().use_elliptic_key_verifier(public_key=path),
+            functools.partial(_key_config, verifying, key_path),
             folder,
             bundle_copy,
             resources,
@@ -694,7 +695,7 @@ def _verify_certificate(
         root_path = scratch / f"root-{index}.pem"
         root_path.write_bytes(pem)
         error = _run_library(
-            lambda path=root_path: verifying.Config().use_certificate_verifier(certificate_chain=[path]),
+            functools.partial(_certificate_config, verifying, root_path),
             folder,
             bundle_copy,
             resources,
@@ -738,9 +739,7 @@ def _verify_sigstore(
     failures: list[str] = []
     for identity, oidc_issuer in candidates:
         error = _run_library(
-            lambda i=identity, o=oidc_issuer: verifying.Config().use_sigstore_verifier(
-                identity=i, oidc_issuer=o, trust_config=trust_config
-            ),
+            functools.partial(_sigstore_config, verifying, identity, oidc_issuer, trust_config),
             folder,
             bundle_copy,
             resources,
@@ -768,6 +767,23 @@ def _log_index(bundle: Mapping[str, Any]) -> int | None:
         return int(entries[0]["logIndex"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+# Factories of a fresh model_signing Config per attempt (see _run_library).
+
+
+def _key_config(verifying: Any, public_key: Path) -> Any:
+    return verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+
+
+def _certificate_config(verifying: Any, root: Path) -> Any:
+    return verifying.Config().use_certificate_verifier(certificate_chain=[root])
+
+
+def _sigstore_config(verifying: Any, identity: str, oidc_issuer: str, trust_config: Path) -> Any:
+    return verifying.Config().use_sigstore_verifier(
+        identity=identity, oidc_issuer=oidc_issuer, trust_config=trust_config
+    )
 
 
 def _verifying() -> Any:

@@ -28,6 +28,16 @@ class PolicyViolation(InvalidInput):
     code = "policy_violation"
 
 
+# Backends a config.pbtxt may name unless the operator configures otherwise.
+DEFAULT_ALLOWED_BACKENDS = (
+    "onnxruntime",
+    "tensorrt",
+    "pytorch",
+    "tensorflow",
+    "openvino",
+    "python",
+    "ensemble",
+)
 _T = TypeVar("_T")
 _PREFIXES = ("key:", "cert:sha256:", "san:", "oidc:")
 

@@ -4,6 +4,10 @@
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions are already
 serial), asks :func:`controlplane.domain.rollouts.decide`, and writes the new
 state, a rollout event and an audit event together, or nothing.
+
+A rollout holds the claims of its pools (both of them; an inplace rollout its
+one) from the transaction that creates it to the transition that ends it:
+``create_rollout`` takes them, a terminal ``transition`` releases them.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from controlplane.domain.analysis import Gates
+from controlplane.domain.claims import Holder, HolderKind, Lease
 from controlplane.domain.rollouts import (
     Decision,
     RequestedAction,
@@ -28,7 +32,7 @@ from controlplane.domain.rollouts import (
     decide,
 )
 from controlplane.errors import Conflict, NotFound
-from controlplane.registry import store
+from controlplane.registry import claim_store, store
 from controlplane.registry.store import _aware, _model_row, _version_row
 from controlplane.registry.tables import (
     DeploymentRow,
@@ -42,7 +46,7 @@ from controlplane.registry.tables import (
 
 
 def pool_pair(source: str, target: str) -> str:
-    """The key under which only one rollout may be active."""
+    """The pools of a rollout as one string (kept for the record; the claims exclude)."""
     return "+".join(sorted((source, target)))
 
 
@@ -112,6 +116,11 @@ def set_pool_release(session: Session, pool: str, release: Mapping[str, int]) ->
 
 
 # -- rollouts --------------------------------------------------------------------------------
+
+
+def rollout_holder(rollout_id: int) -> Holder:
+    """How a rollout is named in the claims of its pools."""
+    return Holder(HolderKind.ROLLOUT, str(rollout_id))
 
 
 def _entity(row: RolloutRow, model: str, version: int, from_version: int | None) -> Rollout:
@@ -197,18 +206,10 @@ def create_rollout(
     target_pool: str,
     from_version: int | None,
     actor: str,
+    lease: Lease | None = None,
 ) -> Rollout:
-    """Insert a pending rollout; Conflict when one is already active on the pool pair."""
+    """Insert a pending rollout holding the claims of its pools; PoolBusy names the holder in the way."""
     pair = pool_pair(source_pool, target_pool)
-    running = session.execute(
-        select(RolloutRow.id).where(RolloutRow.pool_pair == pair, RolloutRow.active.is_(True))
-    ).scalar_one_or_none()
-    if running is not None:
-        raise Conflict(
-            f"rollout {running} is still running on pools {pair}; abort it or wait",
-            code="rollout_in_progress",
-            details={"rollout": running},
-        )
     model_row = _model_row(session, spec.model, lock=True)
     version_row = _version_row(session, model_row, spec.version)
     from_row = _version_row(session, model_row, from_version) if from_version is not None else None
@@ -244,13 +245,15 @@ def create_rollout(
             )
         ],
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError as exc:
-        # Lost a race with a concurrent request between the check and the insert.
-        raise Conflict(f"another rollout is running on pools {pair}", code="rollout_in_progress") from exc
+    session.add(row)
+    session.flush()
+    claim_store.take(
+        session,
+        (source_pool, target_pool),
+        holder=rollout_holder(row.id),
+        lease=lease or Lease(owner=actor),
+        now=now,
+    )
     store.append_event(
         session,
         actor=actor,
@@ -318,6 +321,7 @@ def transition(
         row.active = False
         row.finished_at = now
         row.requested_action = None
+        claim_store.release(session, rollout_holder(rollout_id))
     session.flush()
     store.append_event(
         session,

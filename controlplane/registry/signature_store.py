@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,7 +19,7 @@ def attach_signature(
     model: str,
     number: int,
     method: str,
-    identity: dict,
+    identity: dict[str, Any],
     statement: bytes,
     statement_sha256: str,
     bundle: bytes,

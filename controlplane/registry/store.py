@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Insert, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -85,6 +85,7 @@ def _version_row(session: Session, model: ModelRow, number: int) -> VersionRow:
 def _ensure_model(session: Session, name: str) -> None:
     dialect = session.get_bind().dialect.name
     values = {"name": name, "latest_version": 0, "created_at": utcnow()}
+    stmt: Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(ModelRow).values(**values).on_conflict_do_nothing(index_elements=["name"])
     elif dialect == "sqlite":

@@ -10,14 +10,12 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -124,17 +122,21 @@ class PoolRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
+class PoolClaimRow(Base):
+    """The operation that holds a pool: at most one row per pool, so taking it is an INSERT that can lose."""
+
+    __tablename__ = "pool_claims"
+
+    pool: Mapped[str] = mapped_column(ForeignKey("pools.name", ondelete="CASCADE"), primary_key=True)
+    holder_kind: Mapped[str] = mapped_column(String(16))
+    holder_id: Mapped[str] = mapped_column(String(64), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class RolloutRow(Base):
     __tablename__ = "rollouts"
-    __table_args__ = (
-        Index(
-            "uq_rollouts_active_pool_pair",
-            "pool_pair",
-            unique=True,
-            postgresql_where=text("active"),
-            sqlite_where=text("active"),
-        ),
-    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
@@ -142,8 +144,7 @@ class RolloutRow(Base):
     from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
     strategy: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
-    # True until the rollout ends; a partial unique index on (pool_pair) WHERE active
-    # makes "one rollout per pool pair at a time" a database rule, race-free.
+    # True until the rollout ends. Which pools it may change is held in pool_claims.
     active: Mapped[bool] = mapped_column(default=True)
     pool_pair: Mapped[str] = mapped_column(String(80))
     source_pool: Mapped[str] = mapped_column(String(32))

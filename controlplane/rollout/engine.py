@@ -15,10 +15,20 @@ Invariants kept here:
 
 Operators steer a running rollout by setting ``requested_action`` (abort,
 promote); the worker reads it between steps and while waiting.
+
+Exclusion: a rollout holds the claims of its pools (``pool_claims``) from the
+transaction that creates it to the one that ends it, so no deploy, repair or
+other rollout touches those pools meanwhile, in this process or another. A
+worker runs only where its claims' lease is renewed (``PoolClaims``):
+``resume`` adopts the claims of an active rollout whose driver is gone, and
+leaves alone one that another control plane still drives. The old pool takes
+the new release (or is emptied) before the rollout succeeds, so that work is
+covered by the rollout's claims too.
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -26,6 +36,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from controlplane.artifacts.blobs import BlobStore
+from controlplane.claims import PoolClaims, patiently
 from controlplane.domain.analysis import Gates, PoolSample, evaluate, measure
 from controlplane.domain.models import ModelVersion, VersionState
 from controlplane.domain.redaction import redact
@@ -46,6 +57,7 @@ from controlplane.errors import (
     SmokeTestFailed,
     TritonUnavailable,
 )
+from controlplane.logs import logs_as_rollout
 from controlplane.pools import Pool, install, uninstall
 from controlplane.registry import rollout_store, store
 from controlplane.registry.db import Database
@@ -86,6 +98,8 @@ class RolloutEngine:
         settings: EngineSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         policy_check: Callable[[str, int], None] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        claims: PoolClaims | None = None,
     ) -> None:
         self.db = db
         self.pools = dict(pools)
@@ -95,6 +109,10 @@ class RolloutEngine:
         self.settings = settings or EngineSettings()
         self.clock = clock
         self.policy_check = policy_check
+        # Tests pass a fake clock's sleep so waits advance it; by default waits end early on stop().
+        self._sleep = sleep
+        self._owns_claims = claims is None
+        self.claims = claims or PoolClaims(db)
         self._workers: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -102,38 +120,40 @@ class RolloutEngine:
     # -- entry points -----------------------------------------------------------------------
 
     def start(self, spec: RolloutSpec, *, actor: str) -> Rollout:
-        """Record a rollout and start its worker; Conflict if one is running on the pool pair."""
+        """Record a rollout holding its pools and start its worker; PoolBusy if another holds one."""
         if self.policy_check is not None:
             # Signature policy first: a version that may not serve never gets a rollout row.
             self.policy_check(spec.model, spec.version)
-        busy = [p.name for p in self.pools.values() if p.deploy_claim.locked()]
-        if busy:
-            raise Conflict(
-                f"a deploy is running on pool {busy[0]!r}; start the rollout when it has ended",
-                code="deploy_in_progress",
-            )
-        with self.db.transaction() as session:
-            store.get_version(session, spec.model, spec.version)
-            source = rollout_store.live_pool(session)
-            if spec.strategy is Strategy.INPLACE:
-                target = source
-            else:
-                others = sorted(p for p in self.pools if p != source)
-                if not others:
-                    raise Conflict(
-                        f"strategy {spec.strategy} needs two pools; this stack has only {source!r}",
-                        code="needs_two_pools",
-                    )
-                target = others[0]
-            from_version = rollout_store.pool_release(session, source).get(spec.model)
-            rollout = rollout_store.create_rollout(
-                session,
-                spec=spec,
-                source_pool=source,
-                target_pool=target,
-                from_version=from_version,
-                actor=actor,
-            )
+
+        def create() -> Rollout:
+            with self.db.transaction() as session:
+                store.get_version(session, spec.model, spec.version)
+                source = rollout_store.live_pool(session)
+                if spec.strategy is Strategy.INPLACE:
+                    target = source
+                else:
+                    others = sorted(p for p in self.pools if p != source)
+                    if not others:
+                        raise Conflict(
+                            f"strategy {spec.strategy} needs two pools; this stack has only {source!r}",
+                            code="needs_two_pools",
+                        )
+                    target = others[0]
+                from_version = rollout_store.pool_release(session, source).get(spec.model)
+                rollout = rollout_store.create_rollout(
+                    session,
+                    spec=spec,
+                    source_pool=source,
+                    target_pool=target,
+                    from_version=from_version,
+                    actor=actor,
+                    lease=self.claims.lease,
+                )
+            return rollout
+
+        # A reconciler repair in the way is waited out; any other holder is refused at once.
+        rollout = patiently(create, timeout=self.settings.load_timeout)
+        self.claims.drive(rollout_store.rollout_holder(rollout.id))
         self._spawn(rollout.id)
         return rollout
 
@@ -141,8 +161,8 @@ class RolloutEngine:
         """Ask a running rollout to abort or promote; its worker acts within a poll interval."""
         with self.db.transaction() as session:
             rollout = rollout_store.request_action(session, rollout_id, action, actor=actor)
-        if rollout_id not in self._workers or not self._workers[rollout_id].is_alive():
-            self._spawn(rollout_id)
+        # Whichever control plane drives the rollout reads the request; here only if none does.
+        self._resume_one(rollout_id)
         return rollout
 
     def get(self, rollout_id: int) -> Rollout:
@@ -181,15 +201,23 @@ class RolloutEngine:
         )
         return self.start(spec, actor=actor)
 
-    def resume(self) -> list[int]:
-        """Start workers for active rollouts that have none (after a restart); return their ids."""
+    def resume(self) -> builtins.list[int]:  # builtins: the method `list` above shadows the type here
+        """Start workers for active rollouts that nobody drives (after a restart); return their ids.
+
+        A rollout another control plane drives (its lease is renewed) is left to it.
+        """
         with self.db.transaction() as session:
             active = rollout_store.list_rollouts(session, active_only=True)
-        resumed = []
-        for rollout in active:
-            if self._spawn(rollout.id):
-                resumed.append(rollout.id)
-        return resumed
+        return [rollout.id for rollout in active if self._resume_one(rollout.id)]
+
+    def _resume_one(self, rollout_id: int) -> bool:
+        with self._lock:
+            existing = self._workers.get(rollout_id)
+            if existing is not None and existing.is_alive():
+                return False
+        if not self.claims.adopt(rollout_store.rollout_holder(rollout_id)):
+            return False
+        return self._spawn(rollout_id)
 
     def busy(self) -> bool:
         """Whether any rollout worker is running."""
@@ -200,6 +228,8 @@ class RolloutEngine:
         self._stopping.set()
         for worker in list(self._workers.values()):
             worker.join(timeout)
+        if self._owns_claims:
+            self.claims.close()
 
     def wait(self, rollout_id: int, timeout: float) -> Rollout:
         """Block until the rollout has ended (tests, CLI)."""
@@ -254,7 +284,15 @@ class RolloutEngine:
                 rollout_store.set_pool_weights(session, weights)
         return updated
 
+    @logs_as_rollout
     def _run(self, rollout_id: int) -> None:
+        try:
+            self._run_to_end(rollout_id)
+        finally:
+            # Ended: its claims are gone. Stopped or stuck: another worker may adopt them at once.
+            self.claims.let_go(rollout_store.rollout_holder(rollout_id))
+
+    def _run_to_end(self, rollout_id: int) -> None:
         try:
             rollout = self._get(rollout_id)
             self._drive(rollout)
@@ -312,17 +350,16 @@ class RolloutEngine:
 
     def _converge(self, pool: Pool, versions: Mapping[str, ModelVersion]) -> None:
         """Make a pool without traffic serve exactly ``versions``: unload the rest, install what differs."""
-        with pool.lock:
-            for name in pool.repository.live_models():
-                if name not in versions:
-                    uninstall(pool, name)
-            for name, version in versions.items():
-                if pool.repository.matches(version, self.blobs) and pool.triton.is_model_ready(
-                    name, version.number
-                ):
-                    pool.triton.smoke_test(name, version.number, version.signature)
-                    continue
-                install(pool, version, self.blobs, previous=None, load_timeout=self.settings.load_timeout)
+        for name in pool.repository.live_models():
+            if name not in versions:
+                uninstall(pool, name)
+        for name, version in versions.items():
+            if pool.repository.matches(version, self.blobs) and pool.triton.is_model_ready(
+                name, version.number
+            ):
+                pool.triton.smoke_test(name, version.number, version.signature)
+                continue
+            install(pool, version, self.blobs, previous=None, load_timeout=self.settings.load_timeout)
 
     def _keep_standby(self, rollout: Rollout, standby: str, release_of: str) -> None:
         """Leave ``standby`` (at weight 0) serving what ``release_of`` serves, or empty it.
@@ -346,14 +383,13 @@ class RolloutEngine:
         with self.db.transaction() as session:
             version = store.get_version(session, rollout.spec.model, rollout.spec.version)
         try:
-            with pool.lock:
-                install(
-                    pool,
-                    version,
-                    self.blobs,
-                    previous=rollout.from_version,
-                    load_timeout=self.settings.load_timeout,
-                )
+            install(
+                pool,
+                version,
+                self.blobs,
+                previous=rollout.from_version,
+                load_timeout=self.settings.load_timeout,
+            )
         except _STAGING_ERRORS as exc:
             self._fail_staging(rollout, exc)
             raise _RolledBack from exc
@@ -390,7 +426,8 @@ class RolloutEngine:
         while not self.router.pool_up(pool):
             if self.clock() > deadline:
                 raise TritonUnavailable(f"pool {pool} not passing the proxy's health check")
-            time.sleep(self.settings.poll_interval)
+            if self._pause(self.settings.poll_interval):
+                raise _RolledBack("engine stopping")
 
     def _action(self, rollout_id: int) -> RequestedAction | None:
         # Polled every few hundred milliseconds while a step waits: one column, not the whole rollout.
@@ -407,8 +444,15 @@ class RolloutEngine:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 return None
-            if self._stopping.wait(min(self.settings.poll_interval, remaining)):
+            if self._pause(min(self.settings.poll_interval, remaining)):
                 raise _RolledBack("engine stopping")
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` (with the injected sleep, if any); True once the engine is stopping."""
+        if self._sleep is None:
+            return self._stopping.wait(seconds)
+        self._sleep(seconds)
+        return self._stopping.is_set()
 
     def _shift(self, rollout: Rollout) -> Rollout:
         spec = rollout.spec
@@ -467,15 +511,21 @@ class RolloutEngine:
 
     def _bake_and_finish(self, rollout: Rollout) -> None:
         weights = split_weights(100, source=rollout.source_pool, target=rollout.target_pool)
-        if rollout.spec.strategy is not Strategy.INPLACE:
+        two_pools = rollout.spec.strategy is not Strategy.INPLACE
+        if two_pools:
             self.router.set_weights(weights)
             try:
                 self.router.wait_idle(rollout.source_pool, self.settings.drain_timeout)
             except ProxyError as exc:
                 log.warning("rollout %s: %s did not drain: %s", rollout.id, rollout.source_pool, exc)
-        action = self._wait(rollout, rollout.spec.bake_seconds)
-        if action is RequestedAction.ABORT:
-            self._rollback(rollout, "aborted by an operator during bake")
+        # Resumed after the old pool had begun to take the new release: there is no way back any more.
+        if not (two_pools and self._standby_begun(rollout)):
+            action = self._wait(rollout, rollout.spec.bake_seconds)
+            if action is RequestedAction.ABORT:
+                self._rollback(rollout, "aborted by an operator during bake")
+        if two_pools:
+            # Still under the rollout's claims: nothing else may touch the old pool before this is done.
+            self._keep_standby(rollout, rollout.source_pool, release_of=rollout.target_pool)
         with self.db.transaction() as session:
             decision, _ = rollout_store.transition(
                 session,
@@ -493,8 +543,14 @@ class RolloutEngine:
                 store.set_version_state(
                     session, model=rollout.spec.model, number=rollout.from_version, state=VersionState.RETIRED
                 )
-        if rollout.spec.strategy is not Strategy.INPLACE:
-            self._keep_standby(rollout, rollout.source_pool, release_of=rollout.target_pool)
+
+    def _standby_begun(self, rollout: Rollout) -> bool:
+        """Whether the source pool's recorded release is already the one it keeps as standby."""
+        with self.db.transaction() as session:
+            source = rollout_store.pool_release(session, rollout.source_pool)
+            target = rollout_store.pool_release(session, rollout.target_pool)
+        standby = target if self.settings.standby_warm else {}
+        return source == standby and source.get(rollout.spec.model) != rollout.from_version
 
     def _rollback(self, rollout: Rollout, reason: str, *, failed: bool = False) -> None:
         """Move all traffic back to the source pool, then clean the target. Leaves via _RolledBack."""
@@ -532,5 +588,4 @@ class RolloutEngine:
             release = rollout_store.pool_release(session, pool.name)
             release[rollout.spec.model] = previous.number
             rollout_store.set_pool_release(session, pool.name, release)
-        with pool.lock:
-            install(pool, previous, self.blobs, previous=None, load_timeout=self.settings.load_timeout)
+        install(pool, previous, self.blobs, previous=None, load_timeout=self.settings.load_timeout)

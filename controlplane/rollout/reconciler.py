@@ -1,9 +1,11 @@
 """The reconciler: converge what runs (Triton, repositories, proxy weights) to what the database says.
 
 ``run_once`` is one pass; ``run_forever`` adds only sleeping and a stop flag.
-A pass never fights a rollout worker: pools a worker holds are skipped, and
-weights are left to the worker while one is running. After a restart of the
-control plane the pass resumes rollouts that have no worker.
+A pass never fights another operation: each pool is repaired under its claim
+(``pool_claims``), so pools a rollout or a deploy holds are skipped, and
+weights are left alone while any rollout holds a pool, whichever control
+plane drives it. The pass adopts and resumes active rollouts that nobody
+drives (after a restart of the control plane, or the death of another one).
 
 Invariant enforced on weights: a pool keeps a weight above 0 only if every
 model of its release is READY there, unless no other pool could take the
@@ -15,8 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from sqlalchemy.orm import Session
+
+from controlplane.domain.claims import HolderKind
 from controlplane.errors import ControlPlaneError
-from controlplane.registry import rollout_store, store
+from controlplane.registry import claim_store, rollout_store, store
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.service import ControlPlane
 from controlplane.traffic.router import TrafficRouter
@@ -35,46 +40,43 @@ class Reconciler:
 
     def run_once(self) -> list[str]:
         """One pass; returns a line per change made."""
-        changes = self._sync_standby() if self.engine.settings.standby_warm else []
-        changes += [c for c in self.cp.reconcile() if not c.startswith("skipped")]
+        prepare = self._sync_standby if self.engine.settings.standby_warm else None
+        changes = [c for c in self.cp.reconcile(prepare=prepare) if not c.startswith("skipped")]
         changes += [f"resumed rollout {i}" for i in self.engine.resume()]
-        if not self.engine.busy():
+        if not self.engine.busy() and not self._rollout_holds_a_pool():
             changes += self._converge_weights()
         return changes
 
-    def _sync_standby(self) -> list[str]:
-        """Record the live pool's release for every pool without traffic (a deploy changed it, say).
-
-        Only while no rollout runs: a rollout decides its pools' releases itself.
-        """
-        if self.engine.busy():
-            return []
-        changes: list[str] = []
+    def _rollout_holds_a_pool(self) -> bool:
         with self.cp.db.transaction() as session:
-            if rollout_store.list_rollouts(session, active_only=True):
-                return []
-            weights = rollout_store.pool_weights(session)
-            if not weights or max(weights.values()) == 0:
-                return []
-            live = rollout_store.live_pool_of(weights)
-            release = rollout_store.pool_release(session, live)
-            for pool, weight in weights.items():
-                if weight > 0 or pool == live or pool not in self.cp.pools:
-                    continue
-                current = rollout_store.pool_release(session, pool)
-                if current == release:
-                    continue
-                rollout_store.set_pool_release(session, pool, release)
-                store.append_event(
-                    session,
-                    actor="reconciler",
-                    action="standby.sync",
-                    target=pool,
-                    outcome="recorded",
-                    details={"from": current, "to": release, "live_pool": live},
-                )
-                changes.append(f"standby {pool} follows {live}: {current} -> {release}")
-        return changes
+            return any(c.holder.kind is HolderKind.ROLLOUT for c in claim_store.list_claims(session))
+
+    def _sync_standby(self, session: Session, pool: str) -> list[str]:
+        """Record the live pool's release for ``pool`` if it has no traffic (a deploy changed it, say).
+
+        Runs in the transaction that claims ``pool`` for the repair, so no
+        rollout (which decides its pools' releases itself) holds it.
+        """
+        weights = rollout_store.pool_weights(session)
+        if not weights or max(weights.values()) == 0:
+            return []
+        live = rollout_store.live_pool_of(weights)
+        if weights.get(pool, 0) > 0 or pool == live:
+            return []
+        release = rollout_store.pool_release(session, live)
+        current = rollout_store.pool_release(session, pool)
+        if current == release:
+            return []
+        rollout_store.set_pool_release(session, pool, release)
+        store.append_event(
+            session,
+            actor="reconciler",
+            action="standby.sync",
+            target=pool,
+            outcome="recorded",
+            details={"from": current, "to": release, "live_pool": live},
+        )
+        return [f"standby {pool} follows {live}: {current} -> {release}"]
 
     def _ready(self, pool: str, release: dict[str, int]) -> bool:
         triton = self.cp.pools[pool].triton

@@ -14,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-from controlplane.runtime.procfs import PROC, read_cmdline
+from controlplane.procfs import PROC, read_cmdline
 
 STUB_NAME = "triton_python_backend_stub"
 

@@ -20,6 +20,7 @@ from controlplane.api.auth import Authenticator
 from controlplane.api.server import server_config
 from controlplane.collector import collect_garbage, run_periodically, sweep_stale_uploads
 from controlplane.errors import ControlPlaneError
+from controlplane.logs import configure_logging
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
 from controlplane.runtime.local import LocalStack
@@ -56,7 +57,7 @@ def run_embedded(settings: Settings) -> None:
     """Run until interrupted."""
     # Upload leftovers older than this are from an earlier process (killed mid-push).
     process_started = time.time()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level)
     # Until uvicorn installs its own handlers, SIGTERM must unwind like Ctrl-C so children are stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     settings.state_dir.mkdir(parents=True, exist_ok=True)

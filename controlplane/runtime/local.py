@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import pwd
@@ -75,12 +76,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from controlplane.errors import ControlPlaneError, TritonUnavailable
+from controlplane.procfs import owner_uid, read_pid_file
 from controlplane.runtime.adoption import Action, decide_haproxy, decide_triton, parse_tritonserver_argv
 from controlplane.runtime.cleanup import clean_triton_leftovers
 from controlplane.runtime.permissions import make_traversable, private_dir, secure_state_dir
 from controlplane.runtime.ports import free_ports, port_is_free
 from controlplane.runtime.process import AdoptedProcess, SupervisedProcess, terminate
-from controlplane.runtime.procfs import owner_uid, read_pid_file
 from controlplane.runtime.state import (
     FILE_NAME,
     PoolState,
@@ -477,7 +478,7 @@ class LocalStack:
         for pool in self.pools.values():
             # Holding the lock means no other control plane is building into staging right now.
             pool.repository.clear_staging()
-            pool.start(self.backend_dir, remember_key=lambda key, p=pool.name: self._remember_key(p, key))
+            pool.start(self.backend_dir, remember_key=functools.partial(self._remember_key, pool.name))
         for pool in self.pools.values():
             client = TritonClient(pool.grpc_url, headers=pool.admin_headers)
             try:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from controlplane.runtime.procfs import PROC, read_cmdline, read_stat
+from controlplane.procfs import PROC, read_cmdline, read_stat
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
+from controlplane.artifacts.signatures import TrustedSigners
 from controlplane.domain.policy import SignaturePolicy
 from controlplane.pools import Pool
 from controlplane.registry import rollout_store
@@ -38,6 +40,24 @@ def ensure_pool_rows(db: Database, pool_names: tuple[str, ...]) -> dict[str, int
         return rollout_store.pool_weights(session)
 
 
+def _items(value: str) -> list[str]:
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
+def trusted_signers(settings: Settings) -> TrustedSigners:
+    """Who may sign, from the files and names configured (reads the PEM files)."""
+    return TrustedSigners(
+        public_keys=tuple(Path(p).read_bytes() for p in _items(settings.trusted_public_keys)),
+        certificate_roots=tuple(Path(p).read_bytes() for p in _items(settings.trusted_cert_roots)),
+        allowed_cert_identities=tuple(_items(settings.allowed_cert_identities)),
+        sigstore_identities=tuple(
+            (identity, issuer)
+            for identity, _sep, issuer in (p.partition("|") for p in _items(settings.sigstore_identities))
+        ),
+        sigstore_trust_config=settings.sigstore_trust_config,
+    )
+
+
 def build_services(settings: Settings, db: Database, stack: LocalStack) -> Services:
     """Wire the service layer, the rollout engine and the reconciler to ``stack``."""
     pools = {
@@ -59,7 +79,7 @@ def build_services(settings: Settings, db: Database, stack: LocalStack) -> Servi
             max_members=settings.max_archive_members,
         ),
         load_timeout=settings.load_timeout_seconds,
-        trusted=settings.trusted_signers(),
+        trusted=trusted_signers(settings),
         global_policy=SignaturePolicy(
             require_signature=settings.require_signature,
             allowed_signers=tuple(x.strip() for x in settings.allowed_signers.split(",") if x.strip()),

@@ -45,7 +45,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 GRPC_FRONTEND = "grpc_in"
 HTTP_FRONTEND = "http_in"
@@ -55,8 +55,8 @@ HTTP_BACKEND = "triton_http"
 GRPC_ERROR_TABLE = "grpc_errors"
 POOL_BACKENDS: tuple[str, str] = (GRPC_BACKEND, HTTP_BACKEND)
 
-HEALTH_READY = "/v2/health/ready"
-HEALTH_LIVE = "/v2/health/live"
+HEALTH_READY: Final = "/v2/health/ready"
+HEALTH_LIVE: Final = "/v2/health/live"
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_ALLOWED_METHODS: tuple[str, ...] = (
     *(

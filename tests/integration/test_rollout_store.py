@@ -1,4 +1,4 @@
-"""Rollout persistence on real databases: one active rollout per pool pair, transitions as rows."""
+"""Rollout persistence on real databases: a rollout holds its pools' claims, transitions as rows."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from controlplane.domain.models import (
 )
 from controlplane.domain.rollouts import RequestedAction, RolloutSpec, RolloutState, Strategy
 from controlplane.errors import Conflict
-from controlplane.registry import rollout_store, store
+from controlplane.registry import claim_store, rollout_store, store
 from controlplane.registry.db import Database
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_the_first_pool_gets_all_traffic_and_the_release_is_recorded(database: D
         assert rollout_store.pool_release(session, "green") == {}
 
 
-def test_concurrent_requests_start_exactly_one_rollout_per_pool_pair(database: Database) -> None:
+def test_concurrent_requests_start_exactly_one_rollout_on_the_same_pools(database: Database) -> None:
     _seed(database)
     barrier = threading.Barrier(6)
 
@@ -77,10 +77,10 @@ def test_concurrent_requests_start_exactly_one_rollout_per_pool_pair(database: D
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(attempt, range(6)))
     assert sum(r.startswith("created") for r in results) == 1, results
-    assert results.count("rollout_in_progress") == 5
+    assert results.count("pool_busy") == 5
 
 
-def test_a_transition_is_a_row_and_an_audit_event_and_ending_frees_the_pool_pair(database: Database) -> None:
+def test_a_transition_is_a_row_and_an_audit_event_and_ending_frees_the_pools(database: Database) -> None:
     _seed(database)
     rollout_id = _create(database)
     with database.transaction() as session:
@@ -96,6 +96,8 @@ def test_a_transition_is_a_row_and_an_audit_event_and_ending_frees_the_pool_pair
         events = store.list_events(session)
     assert [e.to_state for e in rollout.events] == ["pending", "staging", "failed"]
     assert rollout.finished_at is not None and not rollout.active
+    with database.transaction() as session:
+        assert claim_store.list_claims(session) == [], "the terminal transition released both pools"
     outcomes = [(e.action, e.outcome) for e in events if e.action.startswith("rollout")]
     assert ("rollout.transition", "rejected") in outcomes and ("rollout.transition", "failed") in outcomes
     assert _create(database) != rollout_id

@@ -227,9 +227,28 @@ def test_two_rollouts_at_once_on_one_pool_pair_accept_exactly_one(env: Env) -> N
         results = list(pool.map(attempt, [1, 1, 1, 1]))
     accepted = [r for r in results if r.startswith("accepted")]
     assert len(accepted) == 1, results
-    assert results.count("conflict rollout_in_progress") == 3
+    assert results.count("conflict pool_busy") == 3
     rollout_id = int(accepted[0].split()[1])
     assert engine.wait(rollout_id, 120).state is RolloutState.SUCCEEDED
+
+
+def test_a_deploy_or_an_inplace_rollout_during_a_bluegreen_rollout_is_refused_naming_it(env: Env) -> None:
+    engine, cp = env.services.engine, env.services.cp
+    with cp.db.transaction() as session:
+        serving = store.get_model(session, "mlp").deployments[0].version
+    target = 2 if serving == 1 else 1
+    running = engine.start(_spec(target, Strategy.BLUEGREEN, (100,)), actor="test")
+
+    with pytest.raises(Conflict) as deploy:
+        cp.deploy("mlp", serving, actor="test")
+    with pytest.raises(Conflict) as inplace:
+        engine.start(_spec(target, Strategy.INPLACE, (100,)), actor="test")
+
+    for refused in (deploy.value, inplace.value):
+        assert refused.code == "pool_busy"
+        assert refused.details["holder"]["kind"] == "rollout"
+        assert refused.details["holder"]["id"] == str(running.id)
+    assert engine.wait(running.id, 120).state is RolloutState.SUCCEEDED
 
 
 def test_an_inplace_rollout_swaps_the_version_on_the_live_pool_without_moving_weights(env: Env) -> None:

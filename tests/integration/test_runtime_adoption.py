@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from controlplane.procfs import read_cmdline, read_pid_file, read_stat
 from controlplane.runtime.ports import free_ports
-from controlplane.runtime.procfs import read_cmdline, read_pid_file, read_stat
 
 pytestmark = pytest.mark.integration
 

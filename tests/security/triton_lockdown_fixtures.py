@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from stack import REPO_ROOT, Stack, start_stack
 
-from controlplane.runtime.procfs import read_pid_file
+from controlplane.procfs import read_pid_file
 from controlplane.triton.server_command import admin_headers
 
 MLP_INPUT = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.procfs import ProcStat, parse_stat, read_cmdline, read_pid_file, read_stat
 from controlplane.runtime.adoption import (
     Action,
     TritonArgs,
@@ -26,7 +27,6 @@ from controlplane.runtime.cleanup import orphaned_stubs
 from controlplane.runtime.local import LocalStack, StartupFailed
 from controlplane.runtime.ports import free_ports
 from controlplane.runtime.process import AdoptedProcess, SupervisedProcess
-from controlplane.runtime.procfs import ProcStat, parse_stat, read_cmdline, read_pid_file, read_stat
 from controlplane.runtime.state import (
     PoolState,
     ProxyState,
