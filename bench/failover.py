@@ -19,7 +19,6 @@ Prints total and failed requests of each, and the failures' time span.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing as mp
 import os
 import shutil
@@ -27,10 +26,10 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from common import examples_module
 
 from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.models import VersionMetadata
@@ -58,16 +57,6 @@ def _client(url: str, stop, out) -> None:  # type: ignore[no-untyped-def]
     out.put((ok, failed_at, first_error))
 
 
-def _examples() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "build_examples", REPO / "model_repository" / "build_examples.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -87,7 +76,7 @@ def run_case(*, warm: bool, streams: int, seconds: float, work: Path) -> dict[st
         standby_warm=warm,
     )
     with local_services(settings, pool_names=("blue", "green")) as (stack, services):
-        folder = _examples().build_mlp(work / f"mlp-{warm}", seed=1)
+        folder = examples_module().build_mlp(work / f"mlp-{warm}", seed=1)
         archive = pack_directory(folder, work / f"mlp-{warm}.tar.gz")
         services.cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
         services.cp.deploy("mlp", 1)

@@ -15,16 +15,15 @@ plane's overhead.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing as mp
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from common import examples_module
 
 from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.analysis import Gates
@@ -57,16 +56,6 @@ def _client(url: str, stop, out, counter) -> None:  # type: ignore[no-untyped-de
                 counter.value += 100
     client.close()
     out.put((np.array(starts), np.array(latencies), np.array(oks, dtype=bool)))
-
-
-def _examples() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "build_examples", REPO / "model_repository" / "build_examples.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _percentiles(latencies: np.ndarray) -> str:
@@ -111,7 +100,7 @@ def main() -> None:
         with local_services(settings, pool_names=("blue", "green")) as (stack, services):
             try:
                 cp, engine = services.cp, services.engine
-                build_examples = _examples()
+                build_examples = examples_module()
                 for seed in (1, 2):
                     folder = build_examples.build_mlp(root / f"v{seed}", seed=seed)
                     cp.push(

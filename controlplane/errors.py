@@ -4,6 +4,12 @@ Services and adapters raise these; only the API layer maps codes to HTTP
 statuses (see ``controlplane.api.errors``) and only the CLI turns them into
 exit codes. Vendor exceptions (tritonclient, SQLAlchemy, tarfile) are
 translated into these at the adapter that met them.
+
+Each class says whether retrying can help (``retryable``): an unreachable
+database, Triton or proxy may answer a moment later, so loops wait those out;
+a refused load, a failed smoke test or a policy violation stays refused until
+something changes, so they end the operation. Every error class of the
+package lives here.
 """
 
 from __future__ import annotations
@@ -15,12 +21,18 @@ class ControlPlaneError(Exception):
     """Base class: a code a client can branch on, a message a human can read."""
 
     code: str = "internal_error"
+    retryable: bool = False
+    """Whether the same call may succeed later without anything else changing."""
 
-    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, details: Any = None, retryable: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retryable is not None:
+            self.retryable = retryable
         self.details = details
 
 
@@ -60,6 +72,7 @@ class PoolBusy(Conflict):
     """Another operation holds the pool (``details``: the pool and its holder); retry when it has ended."""
 
     code = "pool_busy"
+    retryable = True
 
 
 class DeployFailed(ControlPlaneError):
@@ -72,6 +85,7 @@ class TritonUnavailable(ControlPlaneError):
     """Triton could not be reached or did not answer in time (retryable)."""
 
     code = "triton_unavailable"
+    retryable = True
 
 
 class TritonAccessDenied(ControlPlaneError):
@@ -96,6 +110,7 @@ class ProxyError(ControlPlaneError):
     """The traffic proxy refused a runtime command or could not be reached."""
 
     code = "proxy_error"
+    retryable = True
 
 
 class StaleSchema(ControlPlaneError):
@@ -130,6 +145,7 @@ class DatabaseUnavailable(ControlPlaneError):
     """The registry database could not be reached or refused the connection (retryable)."""
 
     code = "database_unavailable"
+    retryable = True
 
 
 class InvalidData(InvalidInput):
@@ -148,3 +164,14 @@ class RequestTimeout(ControlPlaneError):
     """The client sent its request body too slowly."""
 
     code = "request_timeout"
+    retryable = True
+
+
+class StartupFailed(ControlPlaneError):
+    """A local Triton or HAProxy could not be started (a port taken, a stale process, a bad state file)."""
+
+    code = "startup_failed"
+
+
+class RuntimeStateError(ValueError):
+    """``runtime.json`` exists but cannot be used (malformed, unknown format, inconsistent)."""

@@ -19,8 +19,6 @@ deployments recorded in the database.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -67,6 +65,7 @@ from controlplane.errors import (
     SmokeTestFailed,
     TritonUnavailable,
 )
+from controlplane.files import link_or_copy
 from controlplane.metrics import DEPLOY_SECONDS, DEPLOYS, DRIFT, PUSHES
 from controlplane.pools import Pool, install
 from controlplane.registry import rollout_store, signature_store, store
@@ -211,10 +210,7 @@ class ControlPlane:
                 dest = folder / entry.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 blob = self.blobs.verify(entry.sha256, entry.size)
-                try:
-                    os.link(blob, dest)
-                except OSError:
-                    shutil.copyfile(blob, dest)
+                link_or_copy(blob, dest)
             try:
                 verified = verify_folder(folder, bundle, self.trusted)
             except SignatureRejected as exc:

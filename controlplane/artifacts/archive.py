@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import IO, BinaryIO, Literal, cast
 
 from controlplane.errors import ArchiveRejected, InvalidInput, InvalidModelConfig
+from controlplane.files import atomic_writer
 
 __all__ = [
     "REASONS",
@@ -903,17 +904,9 @@ def pack_directory(src: Path, out: Path, fmt: Literal["tar.gz", "zip"] = "tar.gz
     if out.resolve().is_relative_to(src.resolve()):
         raise InvalidInput(f"the archive {out} must not be written inside the folder {src}")
     entries = _collect(src)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fmt == "zip":
-                _write_zip(entries, f)
-            else:
-                _write_tar_gz(entries, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(out, mode=0o644, suffix=".partial") as f:
+        if fmt == "zip":
+            _write_zip(entries, f)
+        else:
+            _write_tar_gz(entries, f)
     return out

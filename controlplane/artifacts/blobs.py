@@ -12,12 +12,12 @@ import fcntl
 import hashlib
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from controlplane.errors import ArtifactCorrupted
+from controlplane.files import copy_atomically
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
@@ -108,10 +108,7 @@ class BlobStore:
             os.rename(src, dest)
         except OSError:
             # Another filesystem: copy aside, then rename, so readers never see a partial blob.
-            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-            shutil.copyfile(src, tmp)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
+            copy_atomically(src, dest, mode=0o444)
             src.unlink()
         return dest
 

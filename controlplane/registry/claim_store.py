@@ -26,8 +26,7 @@ from sqlalchemy.orm import Session
 from controlplane.domain.claims import Claim, Holder, HolderKind, Lease, may_adopt, may_take_over
 from controlplane.errors import PoolBusy
 from controlplane.registry import store
-from controlplane.registry.store import _aware
-from controlplane.registry.tables import PoolClaimRow, utcnow
+from controlplane.registry.tables import PoolClaimRow, as_utc, utcnow
 
 
 def _entity(row: PoolClaimRow) -> Claim:
@@ -35,8 +34,8 @@ def _entity(row: PoolClaimRow) -> Claim:
         pool=row.pool,
         holder=Holder(HolderKind(row.holder_kind), row.holder_id),
         owner=row.owner,
-        taken_at=_aware(row.taken_at),
-        lease_until=_aware(row.lease_until),
+        taken_at=as_utc(row.taken_at),
+        lease_until=as_utc(row.lease_until),
     )
 
 

@@ -12,6 +12,7 @@ repository functions.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,8 @@ from controlplane.errors import DatabaseUnavailable, InsufficientStorage, Invali
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The top-level migrations/ folder, installed as this package (see pyproject.toml's package-dir).
+MIGRATIONS_DIR = Path(str(importlib.resources.files("controlplane.migrations")))
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -33,7 +33,7 @@ from controlplane.domain.rollouts import (
 )
 from controlplane.errors import Conflict, NotFound
 from controlplane.registry import claim_store, store
-from controlplane.registry.store import _aware, _model_row, _version_row
+from controlplane.registry.store import get_model_row, get_version_row
 from controlplane.registry.tables import (
     DeploymentRow,
     ModelRow,
@@ -41,6 +41,7 @@ from controlplane.registry.tables import (
     RolloutEventRow,
     RolloutRow,
     VersionRow,
+    as_utc,
     utcnow,
 )
 
@@ -145,12 +146,12 @@ def _entity(row: RolloutRow, model: str, version: int, from_version: int | None)
         requested_action=RequestedAction(row.requested_action) if row.requested_action else None,
         reason=row.reason,
         actor=row.actor,
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
-        finished_at=_aware(row.finished_at) if row.finished_at else None,
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
+        finished_at=as_utc(row.finished_at) if row.finished_at else None,
         events=tuple(
             RolloutEvent(
-                at=_aware(e.at),
+                at=as_utc(e.at),
                 from_state=e.from_state,
                 to_state=e.to_state,
                 step_index=e.step_index,
@@ -210,9 +211,9 @@ def create_rollout(
 ) -> Rollout:
     """Insert a pending rollout holding the claims of its pools; PoolBusy names the holder in the way."""
     pair = pool_pair(source_pool, target_pool)
-    model_row = _model_row(session, spec.model, lock=True)
-    version_row = _version_row(session, model_row, spec.version)
-    from_row = _version_row(session, model_row, from_version) if from_version is not None else None
+    model_row = get_model_row(session, spec.model, lock=True)
+    version_row = get_version_row(session, model_row, spec.version)
+    from_row = get_version_row(session, model_row, from_version) if from_version is not None else None
     now = utcnow()
     row = RolloutRow(
         model_id=model_row.id,
@@ -390,7 +391,7 @@ def request_action(session: Session, rollout_id: int, action: RequestedAction, *
 
 def previous_production_version(session: Session, model: str) -> int | None:
     """The version that served before the last successful rollout of ``model``."""
-    model_row = _model_row(session, model)
+    model_row = get_model_row(session, model)
     row = session.execute(
         select(RolloutRow)
         .where(RolloutRow.model_id == model_row.id, RolloutRow.state == RolloutState.SUCCEEDED.value)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.domain.policy import ModelPolicy, SignatureRecord
 from controlplane.registry import store
-from controlplane.registry.store import _model_row, _version_row
+from controlplane.registry.store import get_model_row, get_version_row
 from controlplane.registry.tables import ModelPolicyRow, ModelRow, SignatureRow, utcnow
 
 
@@ -27,7 +27,7 @@ def attach_signature(
     actor: str,
 ) -> SignatureRecord:
     """Record a verified signature for a version (replacing an earlier one)."""
-    version = _version_row(session, _model_row(session, model), number)
+    version = get_version_row(session, get_model_row(session, model), number)
     row = session.execute(
         select(SignatureRow).where(SignatureRow.version_id == version.id)
     ).scalar_one_or_none()
@@ -54,7 +54,7 @@ def attach_signature(
 
 
 def get_signature(session: Session, *, model: str, number: int) -> SignatureRecord | None:
-    version = _version_row(session, _model_row(session, model), number)
+    version = get_version_row(session, get_model_row(session, model), number)
     row = session.execute(
         select(SignatureRow).where(SignatureRow.version_id == version.id)
     ).scalar_one_or_none()
@@ -83,8 +83,8 @@ def get_policy(session: Session, model: str) -> ModelPolicy | None:
 
 def set_policy(session: Session, model: str, policy: ModelPolicy, *, actor: str) -> ModelPolicy:
     """Set a model's policy; the model is created if it has no version yet (a policy may precede a push)."""
-    store._ensure_model(session, model)
-    model_row = _model_row(session, model, lock=True)
+    store.ensure_model_row(session, model)
+    model_row = get_model_row(session, model, lock=True)
     row = session.get(ModelPolicyRow, model_row.id)
     if row is None:
         row = ModelPolicyRow(model_id=model_row.id)

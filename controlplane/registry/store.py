@@ -9,7 +9,6 @@ pushes), and only then is the per-model counter incremented.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Insert, func, select, update
@@ -36,13 +35,9 @@ from controlplane.registry.tables import (
     ManifestRow,
     ModelRow,
     VersionRow,
+    as_utc,
     utcnow,
 )
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone=True columns.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _version_entity(row: VersionRow, model_name: str) -> ModelVersion:
@@ -56,12 +51,13 @@ def _version_entity(row: VersionRow, model_name: str) -> ModelVersion:
         metadata=VersionMetadata.from_dict(row.meta),
         manifest=tuple(ManifestEntry(f.path, f.size, f.sha256) for f in row.files),
         size_bytes=row.size_bytes,
-        created_at=_aware(row.created_at),
+        created_at=as_utc(row.created_at),
         last_error=row.last_error,
     )
 
 
-def _model_row(session: Session, name: str, *, lock: bool = False) -> ModelRow:
+def get_model_row(session: Session, name: str, *, lock: bool = False) -> ModelRow:
+    """The row of model ``name`` (locked for update if ``lock``); ``NotFound`` if there is none."""
     stmt = select(ModelRow).where(ModelRow.name == name)
     if lock:
         stmt = stmt.with_for_update()
@@ -71,7 +67,8 @@ def _model_row(session: Session, name: str, *, lock: bool = False) -> ModelRow:
     return row
 
 
-def _version_row(session: Session, model: ModelRow, number: int) -> VersionRow:
+def get_version_row(session: Session, model: ModelRow, number: int) -> VersionRow:
+    """The row of version ``number`` of ``model``, files loaded; ``NotFound`` if there is none."""
     row = session.execute(
         select(VersionRow)
         .where(VersionRow.model_id == model.id, VersionRow.number == number)
@@ -82,7 +79,8 @@ def _version_row(session: Session, model: ModelRow, number: int) -> VersionRow:
     return row
 
 
-def _ensure_model(session: Session, name: str) -> None:
+def ensure_model_row(session: Session, name: str) -> None:
+    """Create the row of model ``name`` unless it exists; safe against a concurrent creator."""
     dialect = session.get_bind().dialect.name
     values = {"name": name, "latest_version": 0, "created_at": utcnow()}
     stmt: Insert
@@ -109,8 +107,8 @@ def register_version(
 
     Returns ``(version, created)``.
     """
-    _ensure_model(session, model)
-    model_row = _model_row(session, model, lock=True)
+    ensure_model_row(session, model)
+    model_row = get_model_row(session, model, lock=True)
     existing = session.execute(
         select(VersionRow)
         .where(VersionRow.model_id == model_row.id, VersionRow.digest == digest)
@@ -147,13 +145,13 @@ def register_version(
 
 def get_version(session: Session, model: str, number: int) -> ModelVersion:
     """One version with its manifest; NotFound if the model or version does not exist."""
-    model_row = _model_row(session, model)
-    return _version_entity(_version_row(session, model_row, number), model_row.name)
+    model_row = get_model_row(session, model)
+    return _version_entity(get_version_row(session, model_row, number), model_row.name)
 
 
 def list_versions(session: Session, model: str) -> list[ModelVersion]:
     """All versions of a model, oldest first."""
-    model_row = _model_row(session, model)
+    model_row = get_model_row(session, model)
     rows = session.execute(
         select(VersionRow)
         .where(VersionRow.model_id == model_row.id)
@@ -167,7 +165,7 @@ def set_version_state(
     session: Session, *, model: str, number: int, state: VersionState, error: str | None = None
 ) -> None:
     """Record a version's state (and the reason when it failed)."""
-    row = _version_row(session, _model_row(session, model), number)
+    row = get_version_row(session, get_model_row(session, model), number)
     row.state = state.value
     row.last_error = error
     row.updated_at = utcnow()
@@ -189,7 +187,7 @@ def _deployment_entities(session: Session, model_ids: Sequence[int] | None = Non
             pool=PoolName(dep.pool),
             version=number,
             state=DeploymentState(dep.state),
-            updated_at=_aware(dep.updated_at),
+            updated_at=as_utc(dep.updated_at),
         )
         for dep, name, number in session.execute(stmt)
     ]
@@ -197,10 +195,10 @@ def _deployment_entities(session: Session, model_ids: Sequence[int] | None = Non
 
 def get_model(session: Session, name: str) -> Model:
     """A model with its deployments; NotFound if it does not exist."""
-    row = _model_row(session, name)
+    row = get_model_row(session, name)
     return Model(
         name=ModelName(row.name),
-        created_at=_aware(row.created_at),
+        created_at=as_utc(row.created_at),
         latest_version=row.latest_version,
         deployments=tuple(_deployment_entities(session, [row.id])),
     )
@@ -213,7 +211,7 @@ def list_models(session: Session) -> list[Model]:
     return [
         Model(
             name=ModelName(r.name),
-            created_at=_aware(r.created_at),
+            created_at=as_utc(r.created_at),
             latest_version=r.latest_version,
             deployments=tuple(d for d in deployments if d.model == r.name),
         )
@@ -229,7 +227,7 @@ def list_deployments(session: Session, *, pool: str | None = None) -> list[Deplo
 
 def find_deployment(session: Session, *, model: str, pool: str) -> Deployment | None:
     """The version ``pool`` serves of ``model``, if any."""
-    for d in _deployment_entities(session, [_model_row(session, model).id]):
+    for d in _deployment_entities(session, [get_model_row(session, model).id]):
         if d.pool == pool:
             return d
     return None
@@ -237,13 +235,13 @@ def find_deployment(session: Session, *, model: str, pool: str) -> Deployment | 
 
 def lock_model(session: Session, name: str) -> None:
     """Hold the model row lock until the transaction ends (PostgreSQL; SQLite is already serial)."""
-    _model_row(session, name, lock=True)
+    get_model_row(session, name, lock=True)
 
 
 def set_deployment(session: Session, *, model: str, pool: str, number: int) -> None:
     """Record that ``pool`` serves version ``number`` of ``model``."""
-    model_row = _model_row(session, model, lock=True)
-    version_row = _version_row(session, model_row, number)
+    model_row = get_model_row(session, model, lock=True)
+    version_row = get_version_row(session, model_row, number)
     row = session.execute(
         select(DeploymentRow).where(DeploymentRow.model_id == model_row.id, DeploymentRow.pool == pool)
     ).scalar_one_or_none()
@@ -287,7 +285,7 @@ def list_events(session: Session, *, after_id: int = 0, limit: int = 100) -> lis
     return [
         AuditEvent(
             id=r.id,
-            at=_aware(r.at),
+            at=as_utc(r.at),
             actor=r.actor,
             action=r.action,
             target=r.target,

@@ -32,6 +32,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """``value`` as a timezone-aware UTC datetime, as every entity carries it.
+
+    SQLite hands back naive datetimes even for ``timezone=True`` columns; they were written as UTC.
+    """
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 

@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 from controlplane.domain.auth import Role, new_token, token_hash
 from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.registry import store
-from controlplane.registry.store import _aware
-from controlplane.registry.tables import ApiTokenRow, utcnow
+from controlplane.registry.tables import ApiTokenRow, as_utc, utcnow
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -36,8 +35,8 @@ def _info(row: ApiTokenRow) -> TokenInfo:
         name=row.name,
         role=Role(row.role),
         created_by=row.created_by,
-        created_at=_aware(row.created_at),
-        revoked_at=_aware(row.revoked_at) if row.revoked_at else None,
+        created_at=as_utc(row.created_at),
+        revoked_at=as_utc(row.revoked_at) if row.revoked_at else None,
     )
 
 

@@ -13,6 +13,15 @@ Invariants kept here:
 - models are unloaded only from a pool at weight 0 whose in-flight requests
   have drained.
 
+Errors: a retryable error (database, Triton or proxy out of reach, see
+``ControlPlaneError.retryable``) never fails a rollout nor marks its version
+failed. The worker logs it once per outage, backs off and drives the rollout
+again from its recorded state, for as long as it takes; every attempt is
+bounded by the timeouts of the calls it makes. Permanent errors (a refused
+load, a failed smoke test or gate, a policy) fail or roll back as their rules
+say; anything else rolls back to the source pool. A worker leaves its
+rollout active only when the engine stops.
+
 Operators steer a running rollout by setting ``requested_action`` (abort,
 promote); the worker reads it between steps and while waiting.
 
@@ -52,10 +61,10 @@ from controlplane.errors import (
     ArtifactCorrupted,
     Conflict,
     ControlPlaneError,
+    DeployFailed,
     ModelLoadFailed,
     ProxyError,
     SmokeTestFailed,
-    TritonUnavailable,
 )
 from controlplane.logs import logs_as_rollout
 from controlplane.pools import Pool, install, uninstall
@@ -67,7 +76,8 @@ log = logging.getLogger(__name__)
 
 Sampler = Callable[[str, Collection[str]], PoolSample]
 
-_STAGING_ERRORS = (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted, TritonUnavailable)
+# Verdicts on the version or its pool. An unreachable Triton is not one: it is waited out (see _run_to_end).
+_STAGING_ERRORS = (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted, DeployFailed)
 
 
 class _RolledBack(Exception):
@@ -82,6 +92,9 @@ class EngineSettings:
     poll_interval: float = 0.2
     standby_warm: bool = True
     """Pools without traffic keep the production release loaded (see ``RolloutEngine._keep_standby``)."""
+    retry_backoff: float = 0.25
+    """First wait after a retryable error; it doubles per failed attempt up to ``retry_backoff_max``."""
+    retry_backoff_max: float = 2.0
 
 
 class RolloutEngine:
@@ -116,6 +129,8 @@ class RolloutEngine:
         self._workers: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # Rollout id -> clock time its current outage began; logged when it begins and when it ends.
+        self._outages: dict[int, float] = {}
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -282,6 +297,7 @@ class RolloutEngine:
                 raise Conflict(f"rollout {rollout.id}: {decision.reason}", code="invalid_transition")
             if weights:
                 rollout_store.set_pool_weights(session, weights)
+        self._outage_over(rollout.id)
         return updated
 
     @logs_as_rollout
@@ -293,22 +309,48 @@ class RolloutEngine:
             self.claims.let_go(rollout_store.rollout_holder(rollout_id))
 
     def _run_to_end(self, rollout_id: int) -> None:
-        try:
-            rollout = self._get(rollout_id)
-            self._drive(rollout)
-        except _RolledBack:
-            pass
-        except Exception:
-            # A worker must never die silently: record why, and leave traffic where it is safe.
-            log.exception("rollout %s failed unexpectedly", rollout_id)
+        """Drive the rollout until it has ended or the engine stops, whatever is raised meanwhile."""
+        failures = 0
+        broken = False
+        while True:
             try:
                 rollout = self._get(rollout_id)
-                if rollout.active and rollout.state is not RolloutState.ROLLING_BACK:
+                if not rollout.active:
+                    return
+                if broken and rollout.state is not RolloutState.ROLLING_BACK:
                     self._rollback(rollout, "internal error; see the control plane log")
+                self._drive(rollout)
+                return
             except _RolledBack:
-                pass
-            except Exception:
-                log.exception("rollout %s: rollback after an internal error failed", rollout_id)
+                return
+            except Exception as exc:
+                if isinstance(exc, ControlPlaneError) and exc.retryable:
+                    self._outage_begins(rollout_id, exc)
+                    failures += 1
+                elif broken:
+                    # The rollback itself hit a bug: the reconciler's next pass adopts the rollout again.
+                    log.exception("rollout %s: rollback after an internal error failed", rollout_id)
+                    return
+                else:
+                    # Not a verdict the rules know: leave traffic where it is safe, on the source pool.
+                    log.exception("rollout %s failed unexpectedly; rolling back", rollout_id)
+                    broken = True
+                    failures = 0
+            backoff = self.settings.retry_backoff * 2 ** max(failures - 1, 0)
+            if self._pause(min(backoff, self.settings.retry_backoff_max)):
+                return
+
+    def _outage_begins(self, rollout_id: int, exc: ControlPlaneError) -> None:
+        if rollout_id not in self._outages:
+            self._outages[rollout_id] = self.clock()
+            log.warning("rollout %s waits: %s; retrying until it passes", rollout_id, exc.message)
+        else:
+            log.debug("rollout %s still waits: %s", rollout_id, exc.message)
+
+    def _outage_over(self, rollout_id: int) -> None:
+        began = self._outages.pop(rollout_id, None)
+        if began is not None:
+            log.info("rollout %s goes on after %.1f s of waiting", rollout_id, self.clock() - began)
 
     def _drive(self, rollout: Rollout) -> None:
         """Continue ``rollout`` from whatever state it is in."""
@@ -376,6 +418,9 @@ class RolloutEngine:
         try:
             self._converge(pool, versions)
         except ControlPlaneError as exc:
+            if exc.retryable:
+                # Waited out like any outage, so the rollout never ends with its pools disagreeing.
+                raise
             # The reconciler retries; the rollout's outcome does not depend on the standby.
             log.warning("rollout %s: keeping %s as standby: %s", rollout.id, standby, exc.message)
 
@@ -425,7 +470,11 @@ class RolloutEngine:
         deadline = self.clock() + self.settings.pool_up_timeout
         while not self.router.pool_up(pool):
             if self.clock() > deadline:
-                raise TritonUnavailable(f"pool {pool} not passing the proxy's health check")
+                # Triton answers the control plane but not the proxy's checks: a verdict, not an outage.
+                raise DeployFailed(
+                    f"pool {pool} not passing the proxy's health check after "
+                    f"{self.settings.pool_up_timeout:.0f} s"
+                )
             if self._pause(self.settings.poll_interval):
                 raise _RolledBack("engine stopping")
 
@@ -543,6 +592,7 @@ class RolloutEngine:
                 store.set_version_state(
                     session, model=rollout.spec.model, number=rollout.from_version, state=VersionState.RETIRED
                 )
+        self._outage_over(rollout.id)
 
     def _standby_begun(self, rollout: Rollout) -> bool:
         """Whether the source pool's recorded release is already the one it keeps as standby."""
@@ -561,9 +611,10 @@ class RolloutEngine:
                 if rollout.spec.strategy is Strategy.INPLACE
                 else split_weights(0, source=rollout.source_pool, target=rollout.target_pool)
             )
+            if failed:
+                # First: a retry after an outage resumes from ROLLING_BACK and would not mark it again.
+                self._mark_failed(rollout, reason)
             current = self._move(current, RolloutState.ROLLING_BACK, reason=reason, weights=weights)
-        if failed:
-            self._mark_failed(rollout, reason)
         self._finish_rollback(current)
         raise _RolledBack(reason)
 

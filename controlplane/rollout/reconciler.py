@@ -103,15 +103,26 @@ class Reconciler:
         self._wake.set()
 
     def run_forever(self, stop: threading.Event, *, interval: float = 5.0) -> None:
-        """Pass after pass until ``stop`` is set; a failing pass is logged and retried."""
+        """Pass after pass until ``stop`` is set; a failing pass is logged and retried.
+
+        A retryable failure (the database or a Triton out of reach) is logged
+        when it begins and when it ends, not at every pass in between.
+        """
+        failing = False
         while not stop.is_set():
             try:
                 for change in self.run_once():
                     log.info("reconcile: %s", change)
+                if failing:
+                    log.info("reconcile passes succeed again")
+                failing = False
             except ControlPlaneError as exc:
-                log.warning("reconcile pass failed: %s", exc)
+                level = logging.DEBUG if failing and exc.retryable else logging.WARNING
+                log.log(level, "reconcile pass failed: %s", exc)
+                failing = True
             except Exception:
                 # The loop must outlive any bug in one pass: log it whole and try again next time.
                 log.exception("reconcile pass failed unexpectedly")
+                failing = True
             self._wake.wait(interval)
             self._wake.clear()

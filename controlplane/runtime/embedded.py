@@ -23,8 +23,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.logs import configure_logging
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
-from controlplane.runtime.local import LocalStack
-from controlplane.runtime.wiring import build_services, ensure_pool_rows
+from controlplane.runtime.wiring import local_services
 from controlplane.service import ControlPlane
 from controlplane.settings import Settings
 
@@ -32,7 +31,11 @@ log = logging.getLogger("controlplane")
 
 
 def _reconcile_after_restart(cp: ControlPlane, pool: str, stop: threading.Event) -> None:
-    """A restarted Triton starts empty: wait for it, then load what it should serve."""
+    """A restarted Triton starts empty: wait for it, then load what it should serve.
+
+    Runs in the supervisor's thread, so nothing may escape it: every failure
+    is logged and retried (the reconciler's periodic pass is the backstop).
+    """
     while not stop.is_set():
         try:
             cp.pools[pool].triton.wait_server_ready(60)
@@ -41,7 +44,9 @@ def _reconcile_after_restart(cp: ControlPlane, pool: str, stop: threading.Event)
             return
         except ControlPlaneError as exc:
             log.warning("reconcile after restart of %s failed: %s; retrying", pool, exc)
-            stop.wait(2.0)
+        except Exception:
+            log.exception("reconcile after restart of %s failed unexpectedly; retrying", pool)
+        stop.wait(2.0)
 
 
 def _any_token(db: Database) -> bool:
@@ -61,82 +66,64 @@ def run_embedded(settings: Settings) -> None:
     # Until uvicorn installs its own handlers, SIGTERM must unwind like Ctrl-C so children are stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.effective_database_url)
-    if settings.auto_migrate:
-        db.upgrade()
-    db.check_schema()
-
     pool_names = tuple(p.strip() for p in settings.pools.split(",") if p.strip())
-    weights = ensure_pool_rows(db, pool_names)
-    stack = LocalStack(
-        settings.state_dir,
-        host=settings.host,
-        grpc_port=settings.grpc_port,
-        http_port=settings.http_port,
-        pool_names=pool_names,
-        ports_base=settings.triton_ports_base,
-        initial_weights=weights,
-        triton_user=settings.triton_user,
-    )
     stopping = threading.Event()
-    services = None
+
+    def before_stop() -> None:
+        stopping.set()
+        # A second Ctrl-C must not cut the teardown short and leave Triton or HAProxy behind.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    started = time.monotonic()
     try:
-        started = time.monotonic()
-        stack.start()
-        services = build_services(settings, db, stack)
-        cp = services.cp
-        services.router.set_weights(weights)
-        for name, pool in stack.pools.items():
-            assert pool.process is not None
-            pool.process.on_restart = lambda n=name: _reconcile_after_restart(cp, n, stopping)
-        for change in services.reconciler.run_once():
-            log.info("reconcile: %s", change)
-        threading.Thread(
-            target=services.reconciler.run_forever, args=(stopping,), name="reconciler", daemon=True
-        ).start()
-        sweep_stale_uploads(settings.uploads_dir, started_at=process_started)
-        run_periodically(
-            lambda: collect_garbage(
-                db,
-                cp.blobs,
-                linked_roots=(settings.pools_dir, settings.uploads_dir),
-                grace_seconds=settings.gc_grace_seconds,
-            ),
-            interval=settings.gc_interval_seconds,
-            stop=stopping,
-        )
-        app = create_app(
-            cp,
-            max_upload_bytes=settings.max_upload_bytes,
-            readiness=stack.readiness,
-            engine=services.engine,
-            auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
-        )
-        server = uvicorn.Server(server_config(app, settings))
-        print(f"REST API           http://{settings.host}:{settings.api_port}  (docs: /docs)", flush=True)
-        print(f"Triton gRPC proxy  {settings.host}:{settings.grpc_port}", flush=True)
-        print(f"Triton HTTP proxy  http://{settings.host}:{settings.http_port}", flush=True)
-        print(f"pools              {', '.join(f'{p}={w}' for p, w in weights.items())}", flush=True)
-        if settings.auth_required and not _any_token(db):
+        with local_services(settings, pool_names=pool_names, before_stop=before_stop) as (stack, services):
+            cp = services.cp
+            db = cp.db
+            weights = services.initial_weights
+            for name, pool in stack.pools.items():
+                assert pool.process is not None
+                pool.process.on_restart = lambda n=name: _reconcile_after_restart(cp, n, stopping)
+            for change in services.reconciler.run_once():
+                log.info("reconcile: %s", change)
+            threading.Thread(
+                target=services.reconciler.run_forever, args=(stopping,), name="reconciler", daemon=True
+            ).start()
+            sweep_stale_uploads(settings.uploads_dir, started_at=process_started)
+            run_periodically(
+                lambda: collect_garbage(
+                    db,
+                    cp.blobs,
+                    linked_roots=(settings.pools_dir, settings.uploads_dir),
+                    grace_seconds=settings.gc_grace_seconds,
+                ),
+                interval=settings.gc_interval_seconds,
+                stop=stopping,
+            )
+            app = create_app(
+                cp,
+                max_upload_bytes=settings.max_upload_bytes,
+                readiness=stack.readiness,
+                engine=services.engine,
+                auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
+            )
+            server = uvicorn.Server(server_config(app, settings))
+            print(f"REST API           http://{settings.host}:{settings.api_port}  (docs: /docs)", flush=True)
+            print(f"Triton gRPC proxy  {settings.host}:{settings.grpc_port}", flush=True)
+            print(f"Triton HTTP proxy  http://{settings.host}:{settings.http_port}", flush=True)
+            print(f"pools              {', '.join(f'{p}={w}' for p, w in weights.items())}", flush=True)
+            if settings.auth_required and not _any_token(db):
+                print(
+                    "no API token yet: create the first one with "
+                    f"`controlplane token create admin --role admin --state-dir {settings.state_dir}`",
+                    flush=True,
+                )
             print(
-                "no API token yet: create the first one with "
-                f"`controlplane token create admin --role admin --state-dir {settings.state_dir}`",
+                f"state in {settings.state_dir}; started in {time.monotonic() - started:.1f} s; Ctrl-C stops",
                 flush=True,
             )
-        print(
-            f"state in {settings.state_dir}; started in {time.monotonic() - started:.1f} s; Ctrl-C stops",
-            flush=True,
-        )
-        server.run()
+            server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        stopping.set()
-        if services is not None:
-            services.reconciler.wake()
-            services.engine.stop()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        stack.stop()
-        db.dispose()
         print("stopped", flush=True)

@@ -75,7 +75,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from controlplane.errors import ControlPlaneError, TritonUnavailable
+from controlplane.errors import ControlPlaneError, StartupFailed, TritonUnavailable
+from controlplane.files import write_atomically
 from controlplane.procfs import owner_uid, read_pid_file
 from controlplane.runtime.adoption import Action, decide_haproxy, decide_triton, parse_tritonserver_argv
 from controlplane.runtime.cleanup import clean_triton_leftovers
@@ -143,10 +144,6 @@ def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-class StartupFailed(ControlPlaneError):
-    code = "startup_failed"
-
-
 def inspect_pid_file(
     pid_file: Path, owners: Collection[int] | None = None
 ) -> tuple[AdoptedProcess | None, list[str] | None]:
@@ -167,17 +164,6 @@ def inspect_pid_file(
         handle.close()
         return None, argv
     return handle, argv
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -554,7 +540,7 @@ class LocalStack:
         if found is not None and decision.action is Action.ADOPT:
             log.info("adopting haproxy pid %s: %s", found.pid, decision.reason)
             if decision.refresh_config:
-                _write_atomically(config_path, rendered)
+                write_atomically(config_path, rendered)
             self.proxy.adopt(found)
         else:
             if found is not None and decision.action is Action.REPLACE:
@@ -578,7 +564,7 @@ class LocalStack:
                         details={"port": port},
                     )
             # Written whole: adoption compares this file with a fresh rendering.
-            _write_atomically(config_path, rendered)
+            write_atomically(config_path, rendered)
             self.proxy.start()
         deadline = time.monotonic() + timeout
         while True:

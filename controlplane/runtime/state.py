@@ -41,27 +41,22 @@ writes it; planning (``plan_runtime``) is pure.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from controlplane.errors import RuntimeStateError
+from controlplane.files import write_atomically
 from controlplane.triton.server_command import validate_admin_key, validate_shm_prefix
 
 FORMAT = 1
 FILE_NAME = "runtime.json"
 DEFAULT_WEIGHT = 1
 MAX_WEIGHT = 256
-
-
-class RuntimeStateError(ValueError):
-    """``runtime.json`` exists but cannot be used (malformed, unknown format, inconsistent)."""
 
 
 @dataclass(frozen=True)
@@ -198,25 +193,8 @@ def load_state(path: Path) -> RuntimeState | None:
 def save_state(path: Path, state: RuntimeState) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, rename), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        # It holds the pools' admin keys; mkstemp's 0600 is relied on, so say it.
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(state.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    # The rename itself is durable only once the directory is synced.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # It holds the pools' admin keys: 0600, and durable, since adoption after a crash reads it.
+    write_atomically(path, state.to_json(), mode=0o600, durable=True)
 
 
 def state_tag(state_dir: Path) -> str:

@@ -1,10 +1,17 @@
-"""Builds the services (registry, pools, engine, reconciler) around a running local stack."""
+"""The composition root: the registry, the local stack and the services around it.
+
+``local_services`` is the one place that starts them, for ``controlplane up``,
+the benchmarks and the tests alike: the schema is migrated (when the settings
+allow) and checked before anything starts, the stack starts at the weights the
+registry holds, and on exit the rollout workers stop before the stack and the
+database.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controlplane.artifacts.archive import ArchiveLimits
@@ -31,6 +38,8 @@ class Services:
     engine: RolloutEngine
     router: HAProxyRouter
     reconciler: Reconciler
+    # The pools' weights the registry held at start, which the proxy was set to.
+    initial_weights: dict[str, int] = field(default_factory=dict)
 
 
 def ensure_pool_rows(db: Database, pool_names: tuple[str, ...]) -> dict[str, int]:
@@ -58,7 +67,9 @@ def trusted_signers(settings: Settings) -> TrustedSigners:
     )
 
 
-def build_services(settings: Settings, db: Database, stack: LocalStack) -> Services:
+def build_services(
+    settings: Settings, db: Database, stack: LocalStack, *, initial_weights: dict[str, int] | None = None
+) -> Services:
     """Wire the service layer, the rollout engine and the reconciler to ``stack``."""
     pools = {
         name: Pool(
@@ -105,23 +116,37 @@ def build_services(settings: Settings, db: Database, stack: LocalStack) -> Servi
     reconciler = Reconciler(cp=cp, engine=engine, router=router)
     # A deploy changes the live release: the standby follows at the next pass, which is now.
     cp.after_deploy = reconciler.wake
-    return Services(cp=cp, engine=engine, router=router, reconciler=reconciler)
+    return Services(
+        cp=cp,
+        engine=engine,
+        router=router,
+        reconciler=reconciler,
+        initial_weights=dict(initial_weights or {}),
+    )
 
 
 @contextmanager
 def local_services(
-    settings: Settings, *, pool_names: tuple[str, ...]
+    settings: Settings,
+    *,
+    pool_names: tuple[str, ...],
+    before_stop: Callable[[], None] | None = None,
 ) -> Iterator[tuple[LocalStack, Services]]:
     """A migrated registry, the local stack at its desired weights, and the services around it.
 
-    For code that drives the services in-process (benchmarks, tests); everything
-    started here is stopped on exit, rollout workers first.
+    The schema is upgraded first when ``settings.auto_migrate`` (the default),
+    and must be current either way. Everything started here is stopped on exit
+    (also when start-up is interrupted): ``before_stop`` first, then the
+    reconciler is woken and the rollout workers stop, then the stack, then the
+    database connections.
     """
     db = Database(settings.effective_database_url)
     services: Services | None = None
     stack: LocalStack | None = None
     try:
-        db.upgrade()
+        if settings.auto_migrate:
+            db.upgrade()
+        db.check_schema()
         weights = ensure_pool_rows(db, pool_names)
         stack = LocalStack(
             settings.state_dir,
@@ -129,15 +154,20 @@ def local_services(
             grpc_port=settings.grpc_port,
             http_port=settings.http_port,
             pool_names=pool_names,
+            ports_base=settings.triton_ports_base,
             initial_weights=weights,
             triton_user=settings.triton_user,
         )
         stack.start()
-        services = build_services(settings, db, stack)
+        services = build_services(settings, db, stack, initial_weights=weights)
         services.router.set_weights(weights)
         yield stack, services
     finally:
+        if before_stop is not None:
+            before_stop()
         if services is not None:
+            # A reconciler loop waiting out its interval sees the stop at once.
+            services.reconciler.wake()
             services.engine.stop()
         if stack is not None:
             stack.stop()

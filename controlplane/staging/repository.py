@@ -14,7 +14,6 @@ service serialises them.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.domain.models import ModelVersion, staged_path
+from controlplane.files import link_or_copy
 from controlplane.staging.swap import replace_directory
 
 
@@ -61,7 +61,7 @@ class PoolRepository:
                 )
                 dest = folder / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(blob, dest)
+                link_or_copy(blob, dest)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -138,13 +138,3 @@ class PoolRepository:
 def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    try:
-        os.link(src, dest)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-        shutil.copyfile(src, dest)
-        os.chmod(dest, 0o444)

@@ -22,12 +22,11 @@ from __future__ import annotations
 import filecmp
 import importlib.resources
 import importlib.util
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from controlplane.files import copy_atomically
 
 PYTHON_BACKEND_LIBRARY = "libtriton_python.so"
 PYTHON_BACKEND_UTILS = "triton_python_backend_utils.py"
@@ -144,16 +143,7 @@ def _install_copy(source: Path, destination: Path) -> None:
     # directory entry atomically, so a running server keeps its old inode intact
     # (overwriting a mapped .so in place can crash it) and concurrent builders
     # never see a half-written file. It also replaces a symlink by a real file.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        shutil.copyfile(source, tmp)
-        shutil.copymode(source, tmp)
-        os.replace(tmp, destination)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    copy_atomically(source, destination)
 
 
 def build_backend_directory(target: Path) -> Path:

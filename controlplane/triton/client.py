@@ -210,6 +210,12 @@ class TritonClient:
                 headers=self._headers,
             )
         except InferenceServerException as exc:
+            if exc.status() in _UNREACHABLE and not self.is_ready():
+                # The server itself is silent, which says nothing about the version; a hung model does not
+                # stop the server answering readiness, so it still fails the smoke test.
+                raise TritonUnavailable(
+                    f"Triton did not answer the smoke inference on {model!r}: {exc.message()}"
+                ) from exc
             raise SmokeTestFailed(
                 f"smoke inference on {model!r} version {version} failed: {exc.message()}"
             ) from exc

@@ -6,23 +6,22 @@ registry (SQLite) and pools are the same objects ``controlplane up`` wires.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
+from rollout_load import FIXED_INPUT, Load, rollout_spec
 from triton_helpers import load_examples_module
 
 from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.analysis import Gates
 from controlplane.domain.models import VersionMetadata
 from controlplane.domain.policy import ModelPolicy
-from controlplane.domain.rollouts import RolloutSpec, RolloutState, Strategy
+from controlplane.domain.rollouts import RolloutState, Strategy
 from controlplane.errors import Conflict
 from controlplane.registry import store
 from controlplane.runtime.local import LocalStack
@@ -33,7 +32,6 @@ from controlplane.settings import Settings
 pytestmark = pytest.mark.integration
 
 examples = load_examples_module()
-FIXED_INPUT = np.full((1, 16), 0.25, dtype=np.float32)
 
 
 @dataclass
@@ -71,67 +69,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield Env(services, stack, f"127.0.0.1:{grpc_port}", outputs)
 
 
-@dataclass
-class Load:
-    """Client threads sending requests through the proxy, recording what answered when."""
-
-    url: str
-    outputs: dict[str, np.ndarray]
-    threads: int = 8
-    random_inputs: bool = False
-    answers: list[tuple[datetime, str]] = field(default_factory=list)
-    failures: list[tuple[datetime, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _loop(self, seed: int) -> None:
-        client = grpcclient.InferenceServerClient(self.url)
-        rng = np.random.default_rng(seed)
-        while not self._stop.is_set():
-            data = rng.standard_normal((1, 16)).astype(np.float32) if self.random_inputs else FIXED_INPUT
-            tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
-            tensor.set_data_from_numpy(data)
-            try:
-                out = client.infer("mlp", [tensor]).as_numpy("OUTPUT0")
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded and asserted on
-                with self._lock:
-                    self.failures.append((datetime.now(UTC), str(exc)))
-                continue
-            kind = next((k for k, v in self.outputs.items() if np.allclose(out, v, rtol=1e-5)), "other")
-            with self._lock:
-                self.answers.append((datetime.now(UTC), kind))
-        client.close()
-
-    def __enter__(self) -> Load:
-        self._workers = [threading.Thread(target=self._loop, args=(i,)) for i in range(self.threads)]
-        for w in self._workers:
-            w.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for w in self._workers:
-            w.join()
-
-    def kinds_between(self, start: datetime, end: datetime) -> set[str]:
-        with self._lock:
-            return {k for at, k in self.answers if start <= at <= end}
-
-
-def _spec(version: int, strategy: Strategy, steps: tuple[int, ...], **kw: object) -> RolloutSpec:
-    return RolloutSpec(
-        model="mlp",
-        version=version,
-        strategy=strategy,
-        steps=steps,
-        step_seconds=float(kw.get("step_seconds", 1.0)),  # type: ignore[arg-type]
-        bake_seconds=float(kw.get("bake_seconds", 0.5)),  # type: ignore[arg-type]
-        gates=kw.get("gates", Gates(max_error_rate=0.01, min_requests=10)),  # type: ignore[arg-type]
-    ).validate()
-
-
 def _event_time(rollout, state: RolloutState) -> datetime:  # type: ignore[no-untyped-def]
     return next(e.at for e in rollout.events if e.to_state == state.value)
 
@@ -139,14 +76,14 @@ def _event_time(rollout, state: RolloutState) -> datetime:  # type: ignore[no-un
 def test_promote_rollback_and_promote_again_under_load_fail_no_request(env: Env) -> None:
     engine = env.services.engine
     with Load(env.grpc_url, env.outputs) as load:
-        first = engine.start(_spec(2, Strategy.CANARY, (25, 100)), actor="test")
+        first = engine.start(rollout_spec(2, Strategy.CANARY, (25, 100)), actor="test")
         first = engine.wait(first.id, 120)
         assert first.state is RolloutState.SUCCEEDED, first.reason
         back = engine.rollback_model("mlp", actor="test")
         back = engine.wait(back.id, 120)
         assert back.state is RolloutState.SUCCEEDED, back.reason
         assert back.spec.version == 1
-        again = engine.start(_spec(2, Strategy.BLUEGREEN, (100,)), actor="test")
+        again = engine.start(rollout_spec(2, Strategy.BLUEGREEN, (100,)), actor="test")
         again = engine.wait(again.id, 120)
         assert again.state is RolloutState.SUCCEEDED, again.reason
         time.sleep(0.5)
@@ -178,7 +115,7 @@ def test_a_canary_that_fails_requests_is_rolled_back_by_its_gate_before_full_tra
     live_before = engine.router.weights()
     with Load(env.grpc_url, env.outputs, random_inputs=True) as load:
         rollout = engine.start(
-            _spec(
+            rollout_spec(
                 3,
                 Strategy.CANARY,
                 (20, 50, 100),
@@ -207,7 +144,7 @@ def test_a_canary_that_fails_requests_is_rolled_back_by_its_gate_before_full_tra
 def test_a_version_the_target_pool_cannot_load_fails_the_rollout_and_moves_no_traffic(env: Env) -> None:
     engine = env.services.engine
     before = engine.router.weights()
-    rollout = engine.wait(engine.start(_spec(4, Strategy.BLUEGREEN, (100,)), actor="test").id, 120)
+    rollout = engine.wait(engine.start(rollout_spec(4, Strategy.BLUEGREEN, (100,)), actor="test").id, 120)
     assert rollout.state is RolloutState.FAILED
     assert "staging failed" in rollout.reason and "mlp" in rollout.reason
     assert engine.router.weights() == before
@@ -219,7 +156,9 @@ def test_two_rollouts_at_once_on_one_pool_pair_accept_exactly_one(env: Env) -> N
 
     def attempt(version: int) -> str:
         try:
-            return f"accepted {engine.start(_spec(version, Strategy.BLUEGREEN, (100,)), actor='test').id}"
+            return (
+                f"accepted {engine.start(rollout_spec(version, Strategy.BLUEGREEN, (100,)), actor='test').id}"
+            )
         except Conflict as exc:
             return f"conflict {exc.code}"
 
@@ -237,12 +176,12 @@ def test_a_deploy_or_an_inplace_rollout_during_a_bluegreen_rollout_is_refused_na
     with cp.db.transaction() as session:
         serving = store.get_model(session, "mlp").deployments[0].version
     target = 2 if serving == 1 else 1
-    running = engine.start(_spec(target, Strategy.BLUEGREEN, (100,)), actor="test")
+    running = engine.start(rollout_spec(target, Strategy.BLUEGREEN, (100,)), actor="test")
 
     with pytest.raises(Conflict) as deploy:
         cp.deploy("mlp", serving, actor="test")
     with pytest.raises(Conflict) as inplace:
-        engine.start(_spec(target, Strategy.INPLACE, (100,)), actor="test")
+        engine.start(rollout_spec(target, Strategy.INPLACE, (100,)), actor="test")
 
     for refused in (deploy.value, inplace.value):
         assert refused.code == "pool_busy"
@@ -258,7 +197,9 @@ def test_an_inplace_rollout_swaps_the_version_on_the_live_pool_without_moving_we
         serving = store.get_model(session, "mlp").deployments[0].version
     target = 2 if serving == 1 else 1
     with Load(env.grpc_url, env.outputs, threads=4) as load:
-        rollout = engine.wait(engine.start(_spec(target, Strategy.INPLACE, (100,)), actor="test").id, 120)
+        rollout = engine.wait(
+            engine.start(rollout_spec(target, Strategy.INPLACE, (100,)), actor="test").id, 120
+        )
         time.sleep(0.5)
     assert rollout.state is RolloutState.SUCCEEDED, rollout.reason
     assert rollout.source_pool == rollout.target_pool

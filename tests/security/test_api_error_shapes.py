@@ -150,7 +150,7 @@ def test_healthz_for_a_model_needs_a_token_and_without_one_hides_whether_the_mod
 
 
 def test_readyz_masks_a_password_in_a_url_even_for_a_viewer() -> None:
-    from controlplane.api.app import masked
+    from controlplane.api.routes_health import masked
 
     text = "connection to postgresql+psycopg://cp:s3cret@db.internal:5432/registry failed"
     assert masked(text) == "connection to postgresql+psycopg://cp:***@db.internal:5432/registry failed"
