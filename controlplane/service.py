@@ -42,7 +42,6 @@ from controlplane.domain.models import (
     ModelName,
     ModelVersion,
     VersionMetadata,
-    VersionState,
     validate_model_name,
 )
 from controlplane.domain.policy import (
@@ -54,6 +53,7 @@ from controlplane.domain.policy import (
     effective_policy,
 )
 from controlplane.domain.redaction import redact
+from controlplane.domain.versions import VersionEvent
 from controlplane.errors import (
     ArtifactCorrupted,
     Conflict,
@@ -332,9 +332,13 @@ class ControlPlane:
             reason = self.redact(exc.message)
             with self.db.transaction() as session:
                 self.claims.release(session, holder)
-                store.set_version_state(
-                    session, model=model, number=number, state=VersionState.FAILED, error=reason
-                )
+                try:
+                    store.change_version_state(
+                        session, model=model, number=number, event=VersionEvent.FAILED, error=reason
+                    )
+                except Conflict as refused:
+                    # It serves on another pool: the failure is in the audit event, its state stays.
+                    log.info("%s", refused.message)
                 store.append_event(
                     session,
                     actor=actor,
@@ -362,10 +366,10 @@ class ControlPlane:
                     details={"pool": target.name},
                 )
             store.set_deployment(session, model=model, pool=target.name, number=number)
-            store.set_version_state(session, model=model, number=number, state=VersionState.SERVING)
+            store.change_version_state(session, model=model, number=number, event=VersionEvent.SERVED)
             if current and current.version != number:
-                store.set_version_state(
-                    session, model=model, number=current.version, state=VersionState.RETIRED
+                store.change_version_state(
+                    session, model=model, number=current.version, event=VersionEvent.REPLACED
                 )
             store.append_event(
                 session,

@@ -49,6 +49,7 @@ class VersionState(enum.StrEnum):
     registered -> serving (deployed) -> retired (replaced by another version)
     registered | retired -> failed (Triton refused it or its smoke test failed)
     A failed version may be deployed again; a retired one may come back.
+    Every change goes through ``controlplane.domain.versions.decide_version``.
     """
 
     REGISTERED = "registered"

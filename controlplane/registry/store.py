@@ -28,7 +28,8 @@ from controlplane.domain.models import (
     VersionMetadata,
     VersionState,
 )
-from controlplane.errors import NotFound
+from controlplane.domain.versions import VersionEvent, decide_version
+from controlplane.errors import Conflict, NotFound
 from controlplane.registry.tables import (
     AuditEventRow,
     DeploymentRow,
@@ -161,15 +162,26 @@ def list_versions(session: Session, model: str) -> list[ModelVersion]:
     return [_version_entity(r, model_row.name) for r in rows]
 
 
-def set_version_state(
-    session: Session, *, model: str, number: int, state: VersionState, error: str | None = None
-) -> None:
-    """Record a version's state (and the reason when it failed)."""
+def change_version_state(
+    session: Session, *, model: str, number: int, event: VersionEvent, error: str | None = None
+) -> VersionState:
+    """Move a version to the state ``event`` leads to (recording ``error`` when it failed); return it.
+
+    Conflict (``invalid_version_transition``) when the rules refuse, with the row left unchanged.
+    """
     row = get_version_row(session, get_model_row(session, model), number)
-    row.state = state.value
-    row.last_error = error
+    decision = decide_version(VersionState(row.state), event)
+    if not decision.accepted:
+        raise Conflict(
+            f"{model} version {number}: {decision.reason}",
+            code="invalid_version_transition",
+            details={"state": row.state, "event": event.value},
+        )
+    row.state = decision.state.value
+    row.last_error = error if decision.state is VersionState.FAILED else None
     row.updated_at = utcnow()
     session.flush()
+    return decision.state
 
 
 def _deployment_entities(session: Session, model_ids: Sequence[int] | None = None) -> list[Deployment]:

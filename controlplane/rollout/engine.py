@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.claims import PoolClaims, patiently
 from controlplane.domain.analysis import Gates, PoolSample, evaluate, measure
-from controlplane.domain.models import ModelVersion, VersionState
+from controlplane.domain.models import ModelVersion
 from controlplane.domain.redaction import redact
 from controlplane.domain.rollouts import (
     RequestedAction,
@@ -57,6 +57,7 @@ from controlplane.domain.rollouts import (
     Strategy,
     split_weights,
 )
+from controlplane.domain.versions import VersionEvent
 from controlplane.errors import (
     ArtifactCorrupted,
     Conflict,
@@ -70,6 +71,7 @@ from controlplane.logs import logs_as_rollout
 from controlplane.pools import Pool, install, uninstall
 from controlplane.registry import rollout_store, store
 from controlplane.registry.db import Database
+from controlplane.rollout.weights import ProxyWeights
 from controlplane.traffic.router import TrafficRouter
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ log = logging.getLogger(__name__)
 Sampler = Callable[[str, Collection[str]], PoolSample]
 
 # Verdicts on the version or its pool. An unreachable Triton is not one: it is waited out (see _run_to_end).
+# Who applies a rollout's weights, in the audit log.
+_ACTOR = "rollout-engine"
+
 _STAGING_ERRORS = (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted, DeployFailed)
 
 
@@ -118,6 +123,7 @@ class RolloutEngine:
         self.pools = dict(pools)
         self.blobs = blobs
         self.router = router
+        self.weights = ProxyWeights(db=db, router=router, pools=self.pools)
         self.sampler = sampler
         self.settings = settings or EngineSettings()
         self.clock = clock
@@ -454,13 +460,17 @@ class RolloutEngine:
     def _mark_failed(self, rollout: Rollout, why: str) -> None:
         """Record that the rollout's version failed, and why (it stays deployable again later)."""
         with self.db.transaction() as session:
-            store.set_version_state(
-                session,
-                model=rollout.spec.model,
-                number=rollout.spec.version,
-                state=VersionState.FAILED,
-                error=why,
-            )
+            try:
+                store.change_version_state(
+                    session,
+                    model=rollout.spec.model,
+                    number=rollout.spec.version,
+                    event=VersionEvent.FAILED,
+                    error=why,
+                )
+            except Conflict as refused:
+                # It serves on the source pool: the failure is in the rollout's events, its state stays.
+                log.info("rollout %s: %s", rollout.id, refused.message)
 
     def _clean_target(self, rollout: Rollout) -> None:
         """Return the target pool (weight 0) to standby: the source's release, or nothing."""
@@ -529,7 +539,9 @@ class RolloutEngine:
                     step_index=index,
                     weights=weights,
                 )
-            self.router.set_weights(weights)
+            self.weights.apply_recorded(
+                why=f"rollout {rollout.id} step {index + 1}/{len(spec.steps)}", actor=_ACTOR
+            )
             if action is not RequestedAction.PROMOTE and spec.step_seconds > 0:
                 before = self.sampler(rollout.target_pool, models)
                 interrupted = self._wait(rollout, spec.step_seconds)
@@ -562,7 +574,7 @@ class RolloutEngine:
         weights = split_weights(100, source=rollout.source_pool, target=rollout.target_pool)
         two_pools = rollout.spec.strategy is not Strategy.INPLACE
         if two_pools:
-            self.router.set_weights(weights)
+            self.weights.apply_recorded(why=f"rollout {rollout.id} bake", actor=_ACTOR)
             try:
                 self.router.wait_idle(rollout.source_pool, self.settings.drain_timeout)
             except ProxyError as exc:
@@ -585,12 +597,15 @@ class RolloutEngine:
             )
             if not decision.accepted:
                 raise Conflict(f"rollout {rollout.id}: {decision.reason}", code="invalid_transition")
-            store.set_version_state(
-                session, model=rollout.spec.model, number=rollout.spec.version, state=VersionState.SERVING
+            store.change_version_state(
+                session, model=rollout.spec.model, number=rollout.spec.version, event=VersionEvent.SERVED
             )
             if rollout.from_version is not None and rollout.from_version != rollout.spec.version:
-                store.set_version_state(
-                    session, model=rollout.spec.model, number=rollout.from_version, state=VersionState.RETIRED
+                store.change_version_state(
+                    session,
+                    model=rollout.spec.model,
+                    number=rollout.from_version,
+                    event=VersionEvent.REPLACED,
                 )
         self._outage_over(rollout.id)
 
@@ -622,7 +637,7 @@ class RolloutEngine:
         if rollout.spec.strategy is Strategy.INPLACE:
             self._rollback_inplace(rollout)
         else:
-            self.router.set_weights(split_weights(0, source=rollout.source_pool, target=rollout.target_pool))
+            self.weights.apply_recorded(why=f"rollout {rollout.id} rollback", actor=_ACTOR)
             try:
                 self.router.wait_idle(rollout.target_pool, self.settings.drain_timeout)
             except ProxyError as exc:

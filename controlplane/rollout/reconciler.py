@@ -23,6 +23,7 @@ from controlplane.domain.claims import HolderKind
 from controlplane.errors import ControlPlaneError
 from controlplane.registry import claim_store, rollout_store, store
 from controlplane.rollout.engine import RolloutEngine
+from controlplane.rollout.weights import ProxyWeights
 from controlplane.service import ControlPlane
 from controlplane.traffic.router import TrafficRouter
 
@@ -36,6 +37,7 @@ class Reconciler:
         self.cp = cp
         self.engine = engine
         self.router = router
+        self.weights = ProxyWeights(db=cp.db, router=router, pools=cp.pools)
         self._wake = threading.Event()
 
     def run_once(self) -> list[str]:
@@ -78,25 +80,9 @@ class Reconciler:
         )
         return [f"standby {pool} follows {live}: {current} -> {release}"]
 
-    def _ready(self, pool: str, release: dict[str, int]) -> bool:
-        triton = self.cp.pools[pool].triton
-        return all(triton.is_model_ready(model, version) for model, version in release.items())
-
     def _converge_weights(self) -> list[str]:
-        with self.cp.db.transaction() as session:
-            desired = rollout_store.pool_weights(session)
-            releases = {p: rollout_store.pool_release(session, p) for p in desired}
-        ready = {p: self._ready(p, releases[p]) for p in desired if p in self.cp.pools}
-        safe = dict(desired)
-        for pool, weight in desired.items():
-            others_ready = any(ready.get(o) and desired[o] > 0 for o in desired if o != pool)
-            if weight > 0 and not ready.get(pool, False) and others_ready:
-                safe[pool] = 0
-        actual = self.router.weights()
-        if all(actual.get(p) == w for p, w in safe.items()):
-            return []
-        self.router.set_weights(safe)
-        return [f"proxy weights {actual} -> {safe}"]
+        before = self.weights.apply_safe(why="reconcile safety", actor="reconciler")
+        return [] if before is None else [f"proxy weights {before} -> {self.router.weights()}"]
 
     def wake(self) -> None:
         """Run the next pass now instead of at the end of the interval (after a deploy, say)."""

@@ -160,7 +160,8 @@ def local_services(
         )
         stack.start()
         services = build_services(settings, db, stack, initial_weights=weights)
-        services.router.set_weights(weights)
+        # Already the proxy's weights unless its configuration was rendered elsewhere: then this corrects it.
+        services.reconciler.weights.apply_recorded(why="start-up", actor="control-plane")
         yield stack, services
     finally:
         if before_stop is not None:
