@@ -149,7 +149,7 @@ def test_a_canary_survives_postgresql_refusing_the_control_plane_and_resumes_whe
             )
             _wait_for(lambda: engine.get(rollout.id).state is RolloutState.SHIFTING, 60, "step 1")
             reachable(False)
-            time.sleep(12)
+            time.sleep(6)
             reachable(True)
             returned = datetime.now(UTC)
             done = engine.wait(rollout.id, 60)
@@ -184,7 +184,7 @@ def test_a_rollout_survives_a_sqlite_registry_that_cannot_be_written_for_a_while
             _wait_for(lambda: engine.get(rollout.id).state is RolloutState.SHIFTING, 60, "step 1")
             _immutable(locked, True)
             try:
-                time.sleep(8)
+                time.sleep(4)
                 assert engine.busy()
             finally:
                 _immutable(locked, False)
@@ -222,7 +222,7 @@ def test_a_rollout_waits_out_a_frozen_target_triton_and_a_missing_proxy_socket(
             hidden = socket_path.with_name("admin.sock.hidden")
             socket_path.rename(hidden)
             try:
-                time.sleep(5)
+                time.sleep(3)
             finally:
                 hidden.rename(socket_path)
             done = engine.wait(rollout.id, 60)
