@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ import httpx
 import tritonclient.grpc as grpcclient
 
 from controlplane.runtime.ports import free_ports
-from controlplane.runtime.state import FILE_NAME, load_state
+from controlplane.runtime.state import FILE_NAME, load_state, state_tag
+from controlplane.traffic.haproxy import HAProxyRuntime
 from controlplane.triton.server_command import admin_headers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +103,47 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"standby {pool} did not load {model} in {timeout} s")
             time.sleep(0.1)
+
+    def live_state(self) -> dict[str, object]:
+        """Everything live that a refused request must not change.
+
+        Files of the artifact store and pool folders, each Triton's repository
+        index, HAProxy's weights, and the registry as the API shows it.
+        """
+        state = load_state(self.state_dir / FILE_NAME)
+        assert state is not None
+        files = sorted(
+            str(p.relative_to(self.state_dir))
+            for sub in ("artifacts", "pools")
+            for p in (self.state_dir / sub).rglob("*")
+            if p.is_file() and not p.name.endswith((".log", ".pid"))
+        )
+        indexes = {}
+        for name, pool in state.pools.items():
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{pool.grpc_port}")
+            indexes[name] = sorted(
+                (m["name"], m.get("version", ""), m.get("state", ""))
+                for m in client.get_model_repository_index(
+                    as_json=True, headers=admin_headers(pool.admin_key) if pool.admin_key else None
+                ).get("models", [])
+            )
+            client.close()
+        weights = {s.name: s.weight for s in HAProxyRuntime(self._admin_socket()).servers_state()}
+        with self.client() as client:
+            models = client.get("/v1/models").json()
+            names = [m["name"] for m in models]
+            registry = {
+                "models": models,
+                "versions": {name: client.get(f"/v1/models/{name}/versions").json() for name in names},
+                "rollouts": client.get("/v1/rollouts").json(),
+            }
+        return {"files": files, "triton": indexes, "weights": weights, "registry": registry}
+
+    def _admin_socket(self) -> Path:
+        path = self.state_dir / "proxy" / "admin.sock"
+        if len(str(path)) <= 100:
+            return path
+        return Path(tempfile.gettempdir()) / f"controlplane-{state_tag(self.state_dir)}" / "admin.sock"
 
     def kill(self) -> None:
         """kill -9 of the control plane alone, as a crash would (its children live in their own sessions)."""

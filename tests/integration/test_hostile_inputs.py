@@ -11,20 +11,14 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import tritonclient.grpc as grpcclient
 from stack import Stack, start_stack
 from triton_helpers import load_examples_module
-
-from controlplane.runtime.state import FILE_NAME, load_state, state_tag
-from controlplane.traffic.haproxy import HAProxyRuntime
-from controlplane.triton.server_command import admin_headers
 
 pytestmark = pytest.mark.integration
 
@@ -50,45 +44,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
     finally:
         assert running.stop() == 0
-
-
-def _admin_socket(state_dir: Path) -> Path:
-    path = state_dir / "proxy" / "admin.sock"
-    return (
-        path
-        if len(str(path)) <= 100
-        else Path(tempfile.gettempdir()) / f"controlplane-{state_tag(state_dir)}" / "admin.sock"
-    )
-
-
-def snapshot(stack: Stack) -> dict[str, object]:
-    """Everything live that a refused request must not change."""
-    state = load_state(stack.state_dir / FILE_NAME)
-    assert state is not None
-    files = sorted(
-        str(p.relative_to(stack.state_dir))
-        for sub in ("artifacts", "pools")
-        for p in (stack.state_dir / sub).rglob("*")
-        if p.is_file() and not p.name.endswith((".log", ".pid"))
-    )
-    indexes = {}
-    for name, pool in state.pools.items():
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{pool.grpc_port}")
-        indexes[name] = sorted(
-            (m["name"], m.get("version", ""), m.get("state", ""))
-            for m in client.get_model_repository_index(
-                as_json=True, headers=admin_headers(pool.admin_key)
-            ).get("models", [])
-        )
-        client.close()
-    weights = {s.name: s.weight for s in HAProxyRuntime(_admin_socket(stack.state_dir)).servers_state()}
-    with stack.client() as client:
-        registry = {
-            "models": client.get("/v1/models").json(),
-            "versions": client.get("/v1/models/mlp/versions").json(),
-            "rollouts": client.get("/v1/rollouts").json(),
-        }
-    return {"files": files, "triton": indexes, "weights": weights, "registry": registry}
 
 
 # -- archive builders --------------------------------------------------------------------------
@@ -319,7 +274,7 @@ def test_a_hostile_request_is_refused_naming_the_problem_and_changes_nothing_liv
     stack: Stack, name: str
 ) -> None:
     case = CASES[name]
-    before = snapshot(stack)
+    before = stack.live_state()
     with stack.client() as client:
         if case.json_body is not None:
             answer = client.request(case.method, case.path, json=case.json_body)
@@ -333,7 +288,7 @@ def test_a_hostile_request_is_refused_naming_the_problem_and_changes_nothing_liv
     error = answer.json()["error"]
     assert error["code"] == case.code
     assert error["message"]
-    assert snapshot(stack) == before
+    assert stack.live_state() == before
     assert list((stack.state_dir / "uploads").glob("*")) == []
     assert not Path("/tmp/abs-escape").exists() and not (stack.state_dir.parent / "escape").exists()
 

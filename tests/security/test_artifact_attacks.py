@@ -16,13 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tritonclient.grpc as grpcclient
 from stack import Stack, create_token, start_stack
 from triton_helpers import load_examples_module
 
 from controlplane.artifacts.blobs import BlobStore
-from controlplane.runtime.state import FILE_NAME, load_state
-from controlplane.triton.server_command import admin_headers
 
 pytestmark = pytest.mark.integration
 
@@ -62,32 +59,6 @@ def roles(stack: Stack) -> dict[str, str]:
     return {role: create_token(stack, f"attacker-{role}", role) for role in ("publisher", "deployer")}
 
 
-def live(stack: Stack) -> dict[str, object]:
-    """Everything live a refused request must not change."""
-    files = sorted(
-        str(p.relative_to(stack.state_dir))
-        for sub in ("artifacts", "pools")
-        for p in (stack.state_dir / sub).rglob("*")
-        if p.is_file() and not p.name.endswith((".log", ".pid"))
-    )
-    state = load_state(stack.state_dir / FILE_NAME)
-    assert state is not None
-    served = {}
-    for name, pool in state.pools.items():
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{pool.grpc_port}")
-        served[name] = sorted(
-            (m["name"], m.get("version", ""), m.get("state", ""))
-            for m in client.get_model_repository_index(
-                as_json=True, headers=admin_headers(pool.admin_key) if pool.admin_key else None
-            ).get("models", [])
-        )
-        client.close()
-    with stack.client() as client:
-        models = client.get("/v1/models").json()
-        versions = {m["name"]: client.get(f"/v1/models/{m['name']}/versions").json() for m in models}
-    return {"files": files, "triton": served, "models": models, "versions": versions}
-
-
 def push_as(stack: Stack, token: str, folder: Path, model: str) -> dict:
     saved, stack.token = stack.token, token
     try:
@@ -103,7 +74,7 @@ def test_a_config_whose_model_file_climbs_to_etc_passwd_is_refused_at_push(
     folder = examples.build_mlp(tmp_path / "evil", seed=3)
     config = folder / "config.pbtxt"
     config.write_text(config.read_text() + 'default_model_filename: "../../../../etc/passwd"\n')
-    before = live(stack)
+    before = stack.live_state()
 
     answer = push_as(stack, roles["publisher"], folder, "mlp")
 
@@ -112,13 +83,13 @@ def test_a_config_whose_model_file_climbs_to_etc_passwd_is_refused_at_push(
     assert error["code"] == "invalid_model_config"
     assert "default_model_filename '../../../../etc/passwd'" in error["message"]
     assert error["details"] == {"field": "default_model_filename", "value": "../../../../etc/passwd"}
-    assert live(stack) == before
+    assert stack.live_state() == before
 
 
 def test_a_publisher_cannot_push_python_backend_code(
     stack: Stack, roles: dict[str, str], tmp_path: Path
 ) -> None:
-    before = live(stack)
+    before = stack.live_state()
 
     folder = examples.build_flaky(tmp_path / "py", name="pycode")
     answer = push_as(stack, roles["publisher"], folder, "pycode")
@@ -128,7 +99,7 @@ def test_a_publisher_cannot_push_python_backend_code(
     assert error["code"] == "policy_violation"
     assert "backend 'python'" in error["message"] and "allow_code_backends" in error["message"]
     assert error["details"] == {"rule": "allow_code_backends", "code": ["backend 'python'"]}
-    assert live(stack) == before, "no blob of the refused folder is stored"
+    assert stack.live_state() == before, "no blob of the refused folder is stored"
 
 
 def test_an_allowed_code_backend_still_needs_a_signature_to_deploy(
@@ -140,7 +111,7 @@ def test_an_allowed_code_backend_still_needs_a_signature_to_deploy(
     folder = examples.build_flaky(tmp_path / "py", name="signedcode")
     pushed = push_as(stack, roles["publisher"], folder, "signedcode")
     assert pushed["status"] == 201
-    before = live(stack)
+    before = stack.live_state()
 
     with stack.client(token=roles["deployer"]) as client:
         refused = client.post("/v1/models/signedcode/versions/1/deploy")
@@ -150,7 +121,7 @@ def test_an_allowed_code_backend_still_needs_a_signature_to_deploy(
     assert error["code"] == "policy_violation"
     assert error["details"]["rule"] == "code_backends_require_signature"
     assert "no verified signature" in error["message"]
-    assert live(stack) == before
+    assert stack.live_state() == before
 
 
 def test_a_failed_deploy_shows_tritons_reason_without_server_paths_or_stack(
