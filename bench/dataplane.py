@@ -89,10 +89,9 @@ def main() -> None:
         api_port, grpc_port, http_port = free_ports(3)
         settings = Settings(state_dir=Path(tmp), api_port=api_port, grpc_port=grpc_port, http_port=http_port)
         with local_services(settings, pool_names=("blue",)) as (stack, services):
-            cp = services.cp
             archive = pack_directory(REPO / "model_repository" / "mlp", Path(tmp) / "mlp.tar.gz")
-            version, _ = cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
-            cp.deploy("mlp", version.number)
+            version, _ = services.registry.push(model="mlp", archive=archive, metadata=VersionMetadata())
+            services.deployer.deploy("mlp", version.number)
             direct_url = stack.pools["blue"].grpc_url
             proxy_url = f"127.0.0.1:{grpc_port}"
             per_round = args.requests // args.rounds

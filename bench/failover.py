@@ -78,13 +78,13 @@ def run_case(*, warm: bool, streams: int, seconds: float, work: Path) -> dict[st
     with local_services(settings, pool_names=("blue", "green")) as (stack, services):
         folder = examples_module().build_mlp(work / f"mlp-{warm}", seed=1)
         archive = pack_directory(folder, work / f"mlp-{warm}.tar.gz")
-        services.cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
-        services.cp.deploy("mlp", 1)
+        services.registry.push(model="mlp", archive=archive, metadata=VersionMetadata())
+        services.deployer.deploy("mlp", 1)
         services.reconciler.run_once()
-        with services.cp.db.transaction() as session:
+        with services.db.transaction() as session:
             live = rollout_store.live_pool(session)
         standby = next(p for p in stack.pools if p != live)
-        standby_ready = services.cp.pools[standby].triton.is_model_ready("mlp", 1)
+        standby_ready = services.pools[standby].triton.is_model_ready("mlp", 1)
         assert standby_ready == warm, f"standby {standby} ready={standby_ready}, expected {warm}"
         _wait(lambda: services.router.pool_up(standby), 30, f"{standby} passing health checks")
 
@@ -103,7 +103,7 @@ def run_case(*, warm: bool, streams: int, seconds: float, work: Path) -> dict[st
         os.kill(pid, signal.SIGKILL)
         time.sleep(seconds / 2)
         _wait(
-            lambda: services.cp.pools[live].triton.is_model_ready("mlp", 1), 60, f"{live} serving mlp again"
+            lambda: services.pools[live].triton.is_model_ready("mlp", 1), 60, f"{live} serving mlp again"
         )
         stop.set()
         results = [out.get(timeout=60) for _ in clients]

@@ -99,16 +99,16 @@ def main() -> None:
         procs: list[mp.process.BaseProcess] = []
         with local_services(settings, pool_names=("blue", "green")) as (stack, services):
             try:
-                cp, engine = services.cp, services.engine
+                engine = services.engine
                 build_examples = examples_module()
                 for seed in (1, 2):
                     folder = build_examples.build_mlp(root / f"v{seed}", seed=seed)
-                    cp.push(
+                    services.registry.push(
                         model="mlp",
                         archive=pack_directory(folder, root / f"v{seed}.tgz"),
                         metadata=VersionMetadata(),
                     )
-                cp.deploy("mlp", 1)
+                services.deployer.deploy("mlp", 1)
 
                 url = f"127.0.0.1:{grpc_port}"
                 procs = [

@@ -1,10 +1,10 @@
 """This process's side of pool claims: who it is, and a lease it keeps renewing while it lives.
 
-Why leases and process identities (rather than making deploys rollout rows
-that the reconciler finishes): a deploy or a repair interrupted by a crash
-has nothing to finish that the reconciler does not already do (it compares
-every pool with its recorded release and reinstalls), so all that must be
-recovered is the pool itself. A claim therefore carries its owner, a string
+Why leases and process identities: a repair interrupted by a crash has
+nothing to finish that the next pass does not already do (it compares every
+pool with its recorded release and reinstalls), so all that must be
+recovered is the pool itself; a rollout (deploys are inplace rollouts) is
+resumed by whoever adopts its claims. A claim therefore carries its owner, a string
 naming this host, pid, the pid's start time and a random instance id, and a
 lease that a background thread here renews every third of its length for
 every operation this process drives. The claim of a dead owner is free to

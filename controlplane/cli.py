@@ -196,6 +196,13 @@ def deploy(
     """Stage, load and smoke-test a version, then make it serve."""
     params = {"pool": pool} if pool else {}
     result = _request("POST", api, f"/v1/models/{model}/versions/{version}/deploy", params=params)
+    if result.get("status") == "pending":
+        # Still waiting out an outage when the API answered: it goes on as a rollout; follow it.
+        typer.echo(result["message"], err=True)
+        rollout = _follow(api, result["rollout"])
+        if rollout["state"] != "succeeded":
+            fail(f"deploy of {model} version {version} {rollout['state']}: {rollout['reason']}")
+        result = {"model": model, "version": version, "pool": rollout["target_pool"]}
     if as_json:
         _print_json(result)
         return

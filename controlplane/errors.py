@@ -81,6 +81,12 @@ class DeployFailed(ControlPlaneError):
     code = "deploy_failed"
 
 
+class DeployPending(ControlPlaneError):
+    """A deploy has not ended in the time its caller waits; ``details`` names the rollout that goes on."""
+
+    code = "deploy_pending"
+
+
 class TritonUnavailable(ControlPlaneError):
     """Triton could not be reached or did not answer in time (retryable)."""
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.domain.models import ModelVersion
+from controlplane.domain.redaction import redact
 from controlplane.errors import ControlPlaneError, ModelLoadFailed, SmokeTestFailed, TritonUnavailable
 from controlplane.staging.repository import PoolRepository
 from controlplane.triton.client import TritonClient
@@ -70,3 +72,8 @@ def uninstall(pool: Pool, model: str) -> None:
     except ModelLoadFailed as exc:
         log.info("unload of %s on %s: %s", model, pool.name, exc)
     pool.repository.remove(model)
+
+
+def redact_reason(pools: Iterable[Pool], text: str) -> str:
+    """``text`` (a Triton or backend reason) without the pools' server paths or stack traces."""
+    return redact(text, model_roots=[str(p.repository.live) for p in pools])

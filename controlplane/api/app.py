@@ -6,6 +6,7 @@ No business logic here and no routes: each resource has its router module
 """
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -19,8 +20,12 @@ from controlplane.api.routes_events import events_router
 from controlplane.api.routes_health import ReadinessCheck, health_router
 from controlplane.api.routes_models import models_router
 from controlplane.api.routes_signatures import signatures_router
+from controlplane.registry.db import Database
 from controlplane.rollout.engine import RolloutEngine
-from controlplane.service import ControlPlane
+from controlplane.services.deploys import Deployer
+from controlplane.services.health import Health
+from controlplane.services.registry import Registry
+from controlplane.services.signing import Signing
 
 # Routes that stream their own (larger) bodies; every other body is JSON under ApiLimits.max_json_bytes.
 UPLOAD_ROUTES = (
@@ -29,17 +34,28 @@ UPLOAD_ROUTES = (
 )
 
 
+@dataclass(frozen=True)
+class ApiServices:
+    """What the routes call. Without the engine (and deployer) the API has no rollout or deploy routes."""
+
+    db: Database
+    registry: Registry
+    signing: Signing
+    health: Health
+    engine: RolloutEngine | None = None
+    deployer: Deployer | None = None
+
+
 def create_app(
-    cp: ControlPlane,
+    services: ApiServices,
     *,
     max_upload_bytes: int,
     readiness: ReadinessCheck | None = None,
-    engine: RolloutEngine | None = None,
     auth: Authenticator | None = None,
     limits: ApiLimits | None = None,
     storage_dir: Path | None = None,
 ) -> FastAPI:
-    """Build the API around a ControlPlane.
+    """Build the API around the services.
 
     ``storage_dir`` (default: the parent of the uploads folder, the state
     directory) is the filesystem whose free space ``/readyz`` checks.
@@ -50,20 +66,25 @@ def create_app(
         description="Model registry, safe ingest and deploys for NVIDIA Triton Inference Server.",
     )
     install_error_handlers(app)
-    auth = auth or Authenticator(cp.db)
+    auth = auth or Authenticator(services.db)
     app.state.auth = auth
     app.state.limits = limits or ApiLimits()
-    app.add_middleware(
-        RequestGuard, auth=auth, limits=lambda: app.state.limits, upload_routes=UPLOAD_ROUTES
-    )
+    app.add_middleware(RequestGuard, auth=auth, limits=lambda: app.state.limits, upload_routes=UPLOAD_ROUTES)
     # Inclusion order is the order of the OpenAPI paths.
-    if engine is not None:
-        app.include_router(rollouts_router(engine, auth))
-    app.include_router(models_router(cp, auth, max_upload_bytes=max_upload_bytes))
-    app.include_router(deploys_router(cp, auth))
-    app.include_router(signatures_router(cp, auth))
-    app.include_router(events_router(cp, auth))
+    if services.engine is not None:
+        app.include_router(rollouts_router(services.engine, auth))
+    app.include_router(models_router(services.registry, auth, max_upload_bytes=max_upload_bytes))
+    if services.deployer is not None:
+        app.include_router(deploys_router(services.deployer, auth))
+    app.include_router(signatures_router(services.signing, auth))
+    app.include_router(events_router(services.registry, auth))
     app.include_router(
-        health_router(cp, auth, readiness=readiness, checked_dir=storage_dir or cp.uploads_dir.parent)
+        health_router(
+            services.health,
+            services.db,
+            auth,
+            readiness=readiness,
+            checked_dir=storage_dir or services.registry.uploads_dir.parent,
+        )
     )
     return app

@@ -3,26 +3,50 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 
 from controlplane.api import schemas
 from controlplane.api.auth import Authenticator
 from controlplane.api.params import ModelParam, VersionParam
 from controlplane.domain.auth import Permission
-from controlplane.service import ControlPlane
+from controlplane.errors import DeployPending
+from controlplane.services.deploys import Deployer
 
 
-def deploys_router(cp: ControlPlane, auth: Authenticator) -> APIRouter:
+def deploys_router(deployer: Deployer, auth: Authenticator) -> APIRouter:
     """POST /v1/models/{model}/versions/{version}/deploy."""
     router = APIRouter(tags=["deploy"])
-    Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
+    DeployerActor = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
 
-    @router.post("/v1/models/{model}/versions/{version}/deploy", response_model=schemas.DeploymentOut)
+    @router.post(
+        "/v1/models/{model}/versions/{version}/deploy",
+        response_model=schemas.DeploymentOut,
+        responses={
+            202: {
+                "model": schemas.DeployPendingOut,
+                "description": "Not done in the time a request waits (an outage is being waited "
+                "out); it goes on as the rollout named, which Location points to.",
+            },
+            409: {"description": "Another operation holds the pool; the body names it."},
+            422: {"description": "Triton refused the version; what served before still serves."},
+        },
+    )
     def deploy(
         model: ModelParam,
         version: VersionParam,
-        actor: Deployer,
+        actor: DeployerActor,
         pool: Annotated[str | None, Query(max_length=64)] = None,
-    ) -> schemas.DeploymentOut:
-        return schemas.deployment_out(cp.deploy(model, version, pool=pool, actor=actor))
+    ) -> schemas.DeploymentOut | JSONResponse:
+        """Stage, load and smoke-test the version on the pool (an inplace rollout); answer once it serves."""
+        try:
+            return schemas.deployment_out(deployer.deploy(model, version, pool=pool, actor=actor))
+        except DeployPending as pending:
+            rollout = pending.details["rollout"]
+            body = schemas.DeployPendingOut(
+                status="pending", message=pending.message, rollout=rollout, state=pending.details["state"]
+            )
+            return JSONResponse(
+                body.model_dump(), status_code=202, headers={"Location": f"/v1/rollouts/{rollout}"}
+            )
 
     return router

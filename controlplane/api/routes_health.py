@@ -21,7 +21,8 @@ from controlplane.api.errors import error_body
 from controlplane.domain.models import validate_model_name
 from controlplane.errors import ControlPlaneError, NotFound
 from controlplane.metrics import REGISTRY
-from controlplane.service import ControlPlane
+from controlplane.registry.db import Database
+from controlplane.services.health import Health, ModelHealth
 
 ReadinessCheck = Callable[[], Mapping[str, str]]
 
@@ -44,7 +45,12 @@ def _storage_check(directory: Path, min_free: int) -> str:
 
 
 def health_router(
-    cp: ControlPlane, auth: Authenticator, *, readiness: ReadinessCheck | None, checked_dir: Path
+    health: Health,
+    db: Database,
+    auth: Authenticator,
+    *,
+    readiness: ReadinessCheck | None,
+    checked_dir: Path,
 ) -> APIRouter:
     """/healthz, /readyz and /metrics; ``checked_dir`` is the filesystem whose free space /readyz checks."""
     router = APIRouter(tags=["health"])
@@ -54,26 +60,25 @@ def health_router(
         return not auth.required or (caller_of(request.scope) or ANONYMOUS_CALLER).role is not None
 
     @router.get("/healthz", response_model=schemas.HealthOut)
-    def healthz(
-        request: Request, model: Annotated[str | None, Query(max_length=256)] = None
-    ) -> JSONResponse:
+    def healthz(request: Request, model: Annotated[str | None, Query(max_length=256)] = None) -> JSONResponse:
         """Liveness; with ``model=NAME`` (a viewer token unless reads are open): 200 only if that
         model is READY on every pool that serves it."""
         if model is None:
             return JSONResponse(schemas.HealthOut(status="ok").model_dump(exclude_none=True))
         validate_model_name(model)
         detailed = trusted(request)
+        answer: ModelHealth | None
         try:
-            health = cp.model_health(model)
+            answer = health.model_health(model)
         except NotFound as exc:
             if detailed:
                 return JSONResponse(error_body(exc.code, exc.message), status_code=404)
             # Without a token an unknown model looks exactly like one that does not serve.
-            health = None
-        ready = health is not None and health.ready
+            answer = None
+        ready = answer is not None and answer.ready
         body = schemas.HealthOut(status="ok" if ready else "unavailable", model=model)
-        if detailed and health is not None:
-            body = body.model_copy(update={"reason": health.reason, "pools": dict(health.pools)})
+        if detailed and answer is not None:
+            body = body.model_copy(update={"reason": answer.reason, "pools": dict(answer.pools)})
         return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
 
     @router.get("/readyz", response_model=schemas.HealthOut)
@@ -82,7 +87,7 @@ def health_router(
         and the proxy answer. Details only for a valid token; others see each check as ok/failing."""
         checks: dict[str, str] = {}
         try:
-            cp.db.check_schema()
+            db.check_schema()
             checks["database"] = "ok"
         except (ControlPlaneError, SQLAlchemyError) as exc:
             checks["database"] = masked(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

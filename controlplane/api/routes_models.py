@@ -14,7 +14,7 @@ from controlplane.domain.auth import Permission
 from controlplane.domain.limits import MAX_LIST_ITEMS, validate_text
 from controlplane.domain.models import VersionMetadata
 from controlplane.errors import InvalidInput, UnsupportedMediaType
-from controlplane.service import ControlPlane
+from controlplane.services.registry import Registry
 
 ARCHIVE_TYPES = {
     "application/gzip",
@@ -51,7 +51,7 @@ def _metadata(labels: list[str], metrics: list[str], api_version: str | None) ->
     return VersionMetadata(labels=_pairs(labels, "label"), metrics=parsed_metrics, api_version=api_version)
 
 
-def models_router(cp: ControlPlane, auth: Authenticator, *, max_upload_bytes: int) -> APIRouter:
+def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: int) -> APIRouter:
     """Routes under /v1/models: list and read models and versions, push a version."""
     router = APIRouter(tags=["registry"])
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
@@ -59,19 +59,19 @@ def models_router(cp: ControlPlane, auth: Authenticator, *, max_upload_bytes: in
 
     @router.get("/v1/models", response_model=list[schemas.ModelOut])
     def list_models(_actor: Reader) -> list[schemas.ModelOut]:
-        return [schemas.model_out(m) for m in cp.list_models()]
+        return [schemas.model_out(m) for m in registry.list_models()]
 
     @router.get("/v1/models/{model}", response_model=schemas.ModelOut)
     def get_model(model: ModelParam, _actor: Reader) -> schemas.ModelOut:
-        return schemas.model_out(cp.get_model(model))
+        return schemas.model_out(registry.get_model(model))
 
     @router.get("/v1/models/{model}/versions", response_model=list[schemas.VersionSummaryOut])
     def list_versions(model: ModelParam, _actor: Reader) -> list[schemas.VersionSummaryOut]:
-        return [schemas.version_summary(v) for v in cp.list_versions(model)]
+        return [schemas.version_summary(v) for v in registry.list_versions(model)]
 
     @router.get("/v1/models/{model}/versions/{version}", response_model=schemas.VersionOut)
     def get_version(model: ModelParam, version: VersionParam, _actor: Reader) -> schemas.VersionOut:
-        return schemas.version_out(cp.get_version(model, version))
+        return schemas.version_out(registry.get_version(model, version))
 
     @router.post(
         "/v1/models/{model}/versions",
@@ -111,11 +111,11 @@ def models_router(cp: ControlPlane, auth: Authenticator, *, max_upload_bytes: in
                 f"content type {content_type or 'none'!r} is not an archive; send one of: {accepted}"
             )
         sink = await receive_upload(
-            request, cp.uploads_dir, max_bytes=max_upload_bytes, what="the model archive"
+            request, registry.uploads_dir, max_bytes=max_upload_bytes, what="the model archive"
         )
         try:
             version, created = await run_in_threadpool(
-                cp.push, model=model, archive=sink.path, metadata=metadata, actor=actor
+                registry.push, model=model, archive=sink.path, metadata=metadata, actor=actor
             )
         finally:
             sink.discard()

@@ -13,10 +13,10 @@ from controlplane.artifacts.signatures import MAX_SIGNATURE_BYTES
 from controlplane.domain.auth import Permission
 from controlplane.domain.policy import ModelPolicy
 from controlplane.errors import NotFound
-from controlplane.service import ControlPlane
+from controlplane.services.signing import Signing
 
 
-def signatures_router(cp: ControlPlane, auth: Authenticator) -> APIRouter:
+def signatures_router(signing: Signing, auth: Authenticator) -> APIRouter:
     """Routes under /v1/models/{model}: .../versions/{version}/signature and .../policy."""
     router = APIRouter(tags=["signatures"])
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
@@ -39,11 +39,11 @@ def signatures_router(cp: ControlPlane, auth: Authenticator) -> APIRouter:
     ) -> JSONResponse:
         """Verify a signature of the version's files and record it (with the signer's identity)."""
         sink = await receive_upload(
-            request, cp.uploads_dir, max_bytes=MAX_SIGNATURE_BYTES, what="the signature bundle"
+            request, signing.uploads_dir, max_bytes=MAX_SIGNATURE_BYTES, what="the signature bundle"
         )
         try:
             record = await run_in_threadpool(
-                cp.attach_signature, model, version, bundle=sink.path, actor=actor
+                signing.attach_signature, model, version, bundle=sink.path, actor=actor
             )
         finally:
             sink.discard()
@@ -51,20 +51,20 @@ def signatures_router(cp: ControlPlane, auth: Authenticator) -> APIRouter:
 
     @router.get("/v1/models/{model}/versions/{version}/signature", response_model=schemas.SigningOut)
     def get_signature(model: ModelParam, version: VersionParam, _actor: Reader) -> schemas.SigningOut:
-        record = cp.signature_of(model, version)
+        record = signing.signature_of(model, version)
         if record is None:
             raise NotFound(f"{model} version {version} has no signature", code="signature_not_found")
         return schemas.signing_out(record)
 
     @router.get("/v1/models/{model}/policy", response_model=schemas.PolicyOut)
     def get_policy(model: ModelParam, _actor: Reader) -> schemas.PolicyOut:
-        own, effective = cp.policy_of(model)
+        own, effective = signing.policy_of(model)
         return schemas.policy_out(own, effective)
 
     @router.put("/v1/models/{model}/policy", response_model=schemas.PolicyOut)
     def set_policy(model: ModelParam, body: schemas.PolicyIn, actor: Admin) -> schemas.PolicyOut:
         """Set the model's policy (signatures, code backends); null fields follow the global policy."""
-        cp.set_policy(
+        signing.set_policy(
             model,
             ModelPolicy(
                 require_signature=body.require_signature,
@@ -74,7 +74,7 @@ def signatures_router(cp: ControlPlane, auth: Authenticator) -> APIRouter:
             ),
             actor=actor,
         )
-        own, effective = cp.policy_of(model)
+        own, effective = signing.policy_of(model)
         return schemas.policy_out(own, effective)
 
     return router

@@ -61,6 +61,13 @@ class DeploymentOut(BaseModel):
     updated_at: datetime
 
 
+class DeployPendingOut(BaseModel):
+    status: str
+    message: str
+    rollout: int
+    state: str
+
+
 class ModelOut(BaseModel):
     name: str
     created_at: datetime

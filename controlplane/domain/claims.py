@@ -1,8 +1,8 @@
 """Pool claims: which operation may change a pool right now.
 
 A pool is changed (folders, loaded models, weights it takes) by at most one
-operation at a time: a rollout of any strategy (a rollback is one), a deploy,
-or a reconciler repair. The operation holds the pool's claim from the
+operation at a time: a rollout of any strategy (a deploy is an inplace
+rollout, a rollback a blue-green one) or a reconciler repair. The operation holds the pool's claim from the
 transaction that creates it to the one that ends it.
 
 A claim names its holder (kind and id), the control-plane process that drives
@@ -10,10 +10,10 @@ it (``owner``) and until when that process vouches for it (``lease_until``,
 renewed while the process lives). Who may take a claimed pool over:
 
 - nobody, while the owner renews its lease;
-- for a deploy or a repair whose owner died (lease run out, or the owner was
-  a process on this host that no longer exists): any new operation, which
-  deletes the stale claim and takes the pool; what the dead operation left
-  half-done is the reconciler's to repair, under its own claim;
+- for a repair whose owner died (lease run out, or the owner was a process
+  on this host that no longer exists): any new operation, which deletes the
+  stale claim and takes the pool; what the dead repair left half-done is the
+  next repair's to finish, under its own claim;
 - for a rollout: no other operation, ever, until the rollout ends; a control
   plane whose owner died *adopts* the claim and resumes the rollout from its
   recorded state.
@@ -31,6 +31,7 @@ from typing import Any
 class HolderKind(enum.StrEnum):
     ROLLOUT = "rollout"
     DEPLOY = "deploy"
+    """Taken by deploys of earlier releases (deploys are inplace rollouts now); taken over like a repair's."""
     REPAIR = "repair"
 
 

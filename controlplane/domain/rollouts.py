@@ -137,6 +137,19 @@ def make_spec(
     ).validate()
 
 
+def one_step_spec(model: str, version: int, strategy: Strategy) -> RolloutSpec:
+    """All traffic at once, no analysis, no bake: a deploy (inplace) or a rollback (blue-green)."""
+    return RolloutSpec(
+        model=model,
+        version=version,
+        strategy=strategy,
+        steps=(100,),
+        step_seconds=0.0,
+        bake_seconds=0.0,
+        gates=Gates(),
+    ).validate()
+
+
 @dataclass(frozen=True)
 class RolloutEvent:
     """One recorded transition (or measurement) of a rollout."""

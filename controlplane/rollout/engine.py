@@ -46,15 +46,15 @@ from dataclasses import dataclass
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.claims import PoolClaims, patiently
-from controlplane.domain.analysis import Gates, PoolSample, evaluate, measure
+from controlplane.domain.analysis import PoolSample, evaluate, measure
 from controlplane.domain.models import ModelVersion
-from controlplane.domain.redaction import redact
 from controlplane.domain.rollouts import (
     RequestedAction,
     Rollout,
     RolloutSpec,
     RolloutState,
     Strategy,
+    one_step_spec,
     split_weights,
 )
 from controlplane.domain.versions import VersionEvent
@@ -63,12 +63,14 @@ from controlplane.errors import (
     Conflict,
     ControlPlaneError,
     DeployFailed,
+    InvalidInput,
     ModelLoadFailed,
+    NotFound,
     ProxyError,
     SmokeTestFailed,
 )
 from controlplane.logs import logs_as_rollout
-from controlplane.pools import Pool, install, uninstall
+from controlplane.pools import Pool, install, redact_reason, uninstall
 from controlplane.registry import rollout_store, store
 from controlplane.registry.db import Database
 from controlplane.rollout.weights import ProxyWeights
@@ -137,11 +139,25 @@ class RolloutEngine:
         self._stopping = threading.Event()
         # Rollout id -> clock time its current outage began; logged when it begins and when it ends.
         self._outages: dict[int, float] = {}
+        self.after_end: Callable[[], None] | None = None
+        """Called when a worker has ended its rollout (the composition root wakes the reconciler)."""
 
     # -- entry points -----------------------------------------------------------------------
 
-    def start(self, spec: RolloutSpec, *, actor: str) -> Rollout:
-        """Record a rollout holding its pools and start its worker; PoolBusy if another holds one."""
+    def start(self, spec: RolloutSpec, *, actor: str, pool: str | None = None) -> Rollout:
+        """Record a rollout holding its pools and start its worker; PoolBusy if another holds one.
+
+        ``pool`` names the pool an inplace rollout changes (default: the live
+        pool, as for every other strategy's source); a deploy to a standby names it.
+        """
+        if pool is not None and spec.strategy is not Strategy.INPLACE:
+            raise InvalidInput(
+                f"a {spec.strategy} rollout moves traffic away from the live pool; only an inplace "
+                "rollout takes a pool",
+                code="invalid_rollout",
+            )
+        if pool is not None and pool not in self.pools:
+            raise NotFound(f"pool {pool!r} does not exist", code="pool_not_found")
         if self.policy_check is not None:
             # Signature policy first: a version that may not serve never gets a rollout row.
             self.policy_check(spec.model, spec.version)
@@ -149,7 +165,7 @@ class RolloutEngine:
         def create() -> Rollout:
             with self.db.transaction() as session:
                 store.get_version(session, spec.model, spec.version)
-                source = rollout_store.live_pool(session)
+                source = pool or rollout_store.live_pool(session)
                 if spec.strategy is Strategy.INPLACE:
                     target = source
                 else:
@@ -211,16 +227,7 @@ class RolloutEngine:
             return self.request(running[0].id, RequestedAction.ABORT, actor=actor)
         if previous is None:
             raise Conflict(f"model {model!r} has no previous production version", code="no_previous_version")
-        spec = RolloutSpec(
-            model=model,
-            version=previous,
-            strategy=Strategy.BLUEGREEN,
-            steps=(100,),
-            step_seconds=0.0,
-            bake_seconds=0.0,
-            gates=Gates(),
-        )
-        return self.start(spec, actor=actor)
+        return self.start(one_step_spec(model, previous, Strategy.BLUEGREEN), actor=actor)
 
     def resume(self) -> builtins.list[int]:  # builtins: the method `list` above shadows the type here
         """Start workers for active rollouts that nobody drives (after a restart); return their ids.
@@ -313,6 +320,9 @@ class RolloutEngine:
         finally:
             # Ended: its claims are gone. Stopped or stuck: another worker may adopt them at once.
             self.claims.let_go(rollout_store.rollout_holder(rollout_id))
+        if self.after_end is not None and not self._stopping.is_set():
+            # A pool's release may have changed: the standby follows at the next pass, which is now.
+            self.after_end()
 
     def _run_to_end(self, rollout_id: int) -> None:
         """Drive the rollout until it has ended or the engine stops, whatever is raised meanwhile."""
@@ -453,9 +463,14 @@ class RolloutEngine:
         if rollout.spec.strategy is not Strategy.INPLACE:
             self._clean_target(rollout)
         # Stored and shown by the API: Triton's reason without server paths or the stub's stack.
-        why = redact(exc.message, model_roots=[str(p.repository.live) for p in self.pools.values()])
+        why = redact_reason(self.pools.values(), exc.message)
         self._mark_failed(rollout, why)
-        self._move(rollout, RolloutState.FAILED, reason=f"staging failed: {why}")
+        self._move(
+            rollout,
+            RolloutState.FAILED,
+            reason=f"staging failed: {why}",
+            measurements={"cause": exc.code, "error": why},
+        )
 
     def _mark_failed(self, rollout: Rollout, why: str) -> None:
         """Record that the rollout's version failed, and why (it stays deployable again later)."""

@@ -24,7 +24,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.registry import claim_store, rollout_store, store
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.weights import ProxyWeights
-from controlplane.service import ControlPlane
+from controlplane.services.repair import PoolRepair
 from controlplane.traffic.router import TrafficRouter
 
 log = logging.getLogger(__name__)
@@ -33,24 +33,24 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """Compares desired state with actual state and converges, one pass at a time."""
 
-    def __init__(self, *, cp: ControlPlane, engine: RolloutEngine, router: TrafficRouter) -> None:
-        self.cp = cp
+    def __init__(self, *, repair: PoolRepair, engine: RolloutEngine, router: TrafficRouter) -> None:
+        self.repair = repair
         self.engine = engine
         self.router = router
-        self.weights = ProxyWeights(db=cp.db, router=router, pools=cp.pools)
+        self.weights = ProxyWeights(db=repair.db, router=router, pools=repair.pools)
         self._wake = threading.Event()
 
     def run_once(self) -> list[str]:
         """One pass; returns a line per change made."""
         prepare = self._sync_standby if self.engine.settings.standby_warm else None
-        changes = [c for c in self.cp.reconcile(prepare=prepare) if not c.startswith("skipped")]
+        changes = [c for c in self.repair.reconcile(prepare=prepare) if not c.startswith("skipped")]
         changes += [f"resumed rollout {i}" for i in self.engine.resume()]
         if not self.engine.busy() and not self._rollout_holds_a_pool():
             changes += self._converge_weights()
         return changes
 
     def _rollout_holds_a_pool(self) -> bool:
-        with self.cp.db.transaction() as session:
+        with self.repair.db.transaction() as session:
             return any(c.holder.kind is HolderKind.ROLLOUT for c in claim_store.list_claims(session))
 
     def _sync_standby(self, session: Session, pool: str) -> list[str]:

@@ -15,7 +15,7 @@ from types import FrameType
 
 import uvicorn
 
-from controlplane.api.app import create_app
+from controlplane.api.app import ApiServices, create_app
 from controlplane.api.auth import Authenticator
 from controlplane.api.server import server_config
 from controlplane.collector import collect_garbage, run_periodically, sweep_stale_uploads
@@ -24,13 +24,13 @@ from controlplane.logs import configure_logging
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
 from controlplane.runtime.wiring import local_services
-from controlplane.service import ControlPlane
+from controlplane.services.repair import PoolRepair
 from controlplane.settings import Settings
 
 log = logging.getLogger("controlplane")
 
 
-def _reconcile_after_restart(cp: ControlPlane, pool: str, stop: threading.Event) -> None:
+def _reconcile_after_restart(repair: PoolRepair, pool: str, stop: threading.Event) -> None:
     """A restarted Triton starts empty: wait for it, then load what it should serve.
 
     Runs in the supervisor's thread, so nothing may escape it: every failure
@@ -38,8 +38,8 @@ def _reconcile_after_restart(cp: ControlPlane, pool: str, stop: threading.Event)
     """
     while not stop.is_set():
         try:
-            cp.pools[pool].triton.wait_server_ready(60)
-            for change in cp.reconcile(only=pool, block=True):
+            repair.pools[pool].triton.wait_server_ready(60)
+            for change in repair.reconcile(only=pool, block=True):
                 log.info("reconcile: %s", change)
             return
         except ControlPlaneError as exc:
@@ -78,12 +78,13 @@ def run_embedded(settings: Settings) -> None:
     started = time.monotonic()
     try:
         with local_services(settings, pool_names=pool_names, before_stop=before_stop) as (stack, services):
-            cp = services.cp
-            db = cp.db
+            db = services.db
             weights = services.initial_weights
             for name, pool in stack.pools.items():
                 assert pool.process is not None
-                pool.process.on_restart = lambda n=name: _reconcile_after_restart(cp, n, stopping)
+                pool.process.on_restart = lambda n=name: _reconcile_after_restart(
+                    services.repair, n, stopping
+                )
             for change in services.reconciler.run_once():
                 log.info("reconcile: %s", change)
             threading.Thread(
@@ -93,7 +94,7 @@ def run_embedded(settings: Settings) -> None:
             run_periodically(
                 lambda: collect_garbage(
                     db,
-                    cp.blobs,
+                    services.blobs,
                     linked_roots=(settings.pools_dir, settings.uploads_dir),
                     grace_seconds=settings.gc_grace_seconds,
                 ),
@@ -101,10 +102,16 @@ def run_embedded(settings: Settings) -> None:
                 stop=stopping,
             )
             app = create_app(
-                cp,
+                ApiServices(
+                    db=db,
+                    registry=services.registry,
+                    signing=services.signing,
+                    health=services.health,
+                    engine=services.engine,
+                    deployer=services.deployer,
+                ),
                 max_upload_bytes=settings.max_upload_bytes,
                 readiness=stack.readiness,
-                engine=services.engine,
                 auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
             )
             server = uvicorn.Server(server_config(app, settings))

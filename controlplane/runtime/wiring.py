@@ -17,6 +17,7 @@ from pathlib import Path
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.artifacts.signatures import TrustedSigners
+from controlplane.claims import PoolClaims
 from controlplane.domain.policy import SignaturePolicy
 from controlplane.pools import Pool
 from controlplane.registry import rollout_store
@@ -25,7 +26,11 @@ from controlplane.rollout.engine import EngineSettings, RolloutEngine
 from controlplane.rollout.reconciler import Reconciler
 from controlplane.rollout.sampling import PoolSampler
 from controlplane.runtime.local import LocalStack
-from controlplane.service import ControlPlane
+from controlplane.services.deploys import Deployer
+from controlplane.services.health import Health
+from controlplane.services.registry import Registry
+from controlplane.services.repair import PoolRepair
+from controlplane.services.signing import Signing
 from controlplane.settings import Settings
 from controlplane.traffic.router import HAProxyRouter
 from controlplane.triton.client import TritonClient
@@ -34,12 +39,29 @@ from controlplane.triton.metrics import TritonMetricsClient
 
 @dataclass
 class Services:
-    cp: ControlPlane
+    """The service layer, one object per job, and what they share."""
+
+    db: Database
+    pools: dict[str, Pool]
+    blobs: BlobStore
+    claims: PoolClaims
+    registry: Registry
+    signing: Signing
+    deployer: Deployer
+    repair: PoolRepair
+    health: Health
     engine: RolloutEngine
     router: HAProxyRouter
     reconciler: Reconciler
     # The pools' weights the registry held at start, which the proxy was set to.
     initial_weights: dict[str, int] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Stop the rollout workers (their state stays in the database) and the lease keeper."""
+        # A reconciler loop waiting out its interval sees the stop at once.
+        self.reconciler.wake()
+        self.engine.stop()
+        self.claims.close()
 
 
 def ensure_pool_rows(db: Database, pool_names: tuple[str, ...]) -> dict[str, int]:
@@ -78,23 +100,27 @@ def build_services(
         for name, p in stack.pools.items()
     }
     blobs = BlobStore(settings.artifacts_dir)
-    cp = ControlPlane(
+    claims = PoolClaims(db)
+    signing = Signing(
         db=db,
         blobs=blobs,
         uploads_dir=settings.uploads_dir,
-        pools=pools,
-        default_pool=next(iter(stack.pools)),
-        limits=ArchiveLimits(
-            max_total_bytes=settings.max_unpacked_bytes,
-            max_file_bytes=settings.max_file_bytes,
-            max_members=settings.max_archive_members,
-        ),
-        load_timeout=settings.load_timeout_seconds,
         trusted=trusted_signers(settings),
         global_policy=SignaturePolicy(
             require_signature=settings.require_signature,
             allowed_signers=tuple(x.strip() for x in settings.allowed_signers.split(",") if x.strip()),
         ).validate(),
+    )
+    registry = Registry(
+        db=db,
+        blobs=blobs,
+        uploads_dir=settings.uploads_dir,
+        signing=signing,
+        limits=ArchiveLimits(
+            max_total_bytes=settings.max_unpacked_bytes,
+            max_file_bytes=settings.max_file_bytes,
+            max_members=settings.max_archive_members,
+        ),
         allowed_backends=settings.allowed_backend_names,
     )
     router = HAProxyRouter(stack.runtime)
@@ -111,13 +137,26 @@ def build_services(
         settings=EngineSettings(
             load_timeout=settings.load_timeout_seconds, standby_warm=settings.standby_warm
         ),
-        policy_check=cp.check_deployable,
+        policy_check=signing.check_deployable,
+        claims=claims,
     )
-    reconciler = Reconciler(cp=cp, engine=engine, router=router)
-    # A deploy changes the live release: the standby follows at the next pass, which is now.
-    cp.after_deploy = reconciler.wake
+    repair = PoolRepair(
+        db=db, blobs=blobs, pools=pools, claims=claims, load_timeout=settings.load_timeout_seconds
+    )
+    reconciler = Reconciler(repair=repair, engine=engine, router=router)
+    # A rollout or deploy may change a pool's release: the standby follows at the next pass, which is now.
+    engine.after_end = reconciler.wake
     return Services(
-        cp=cp,
+        db=db,
+        pools=pools,
+        blobs=blobs,
+        claims=claims,
+        registry=registry,
+        signing=signing,
+        # A failed load is retried with the previous version, each within the load timeout.
+        deployer=Deployer(db=db, engine=engine, answer_within=2 * settings.load_timeout_seconds + 30),
+        repair=repair,
+        health=Health(db=db, pools=pools),
         engine=engine,
         router=router,
         reconciler=reconciler,
@@ -167,9 +206,7 @@ def local_services(
         if before_stop is not None:
             before_stop()
         if services is not None:
-            # A reconciler loop waiting out its interval sees the stop at once.
-            services.reconciler.wake()
-            services.engine.stop()
+            services.stop()
         if stack is not None:
             stack.stop()
         db.dispose()

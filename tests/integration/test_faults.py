@@ -60,8 +60,8 @@ def _running_stack(
             folder = examples.build_mlp(root / f"v{version}", seed=version)
             outputs[f"v{version}"] = examples.reference_outputs(folder, {"INPUT0": FIXED_INPUT})["OUTPUT0"]
             archive = pack_directory(folder, root / f"v{version}.tar.gz")
-            services.cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
-        services.cp.deploy("mlp", 1)
+            services.registry.push(model="mlp", archive=archive, metadata=VersionMetadata())
+        services.deployer.deploy("mlp", 1)
         services.reconciler.run_once()
         stop = threading.Event()
         reconciler = threading.Thread(
@@ -86,7 +86,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 def _assert_everything_agrees(services: Services, version: int) -> None:
     """Registry, HAProxy and both Tritons say the same, and no rollout is left active."""
-    with services.cp.db.transaction() as session:
+    with services.db.transaction() as session:
         assert rollout_store.list_rollouts(session, active_only=True) == []
         weights = rollout_store.pool_weights(session)
         releases = {p: rollout_store.pool_release(session, p) for p in weights}
@@ -94,7 +94,7 @@ def _assert_everything_agrees(services: Services, version: int) -> None:
     assert services.router.weights() == weights
     for pool, release in releases.items():
         assert release == {"mlp": version}
-        triton = services.cp.pools[pool].triton
+        triton = services.pools[pool].triton
         assert triton.is_model_ready("mlp", version), f"{pool} serves {release}"
     assert state is VersionState.SERVING
 

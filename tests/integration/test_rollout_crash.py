@@ -177,15 +177,20 @@ def test_the_cli_follows_a_rollout_and_a_rollback_and_refuses_bad_requests_in_on
     )
     assert started.returncode == 0, started.stderr
     lines = started.stdout.splitlines()
-    assert lines[0].startswith("rollout 1 mlp v2: ")
-    assert lines[-1] == "rollout 1 succeeded: promoted"
+    # Rollout 1 is the fixture's deploy (an inplace rollout).
+    assert lines[0].startswith("rollout 2 mlp v2: ")
+    assert lines[-1] == "rollout 2 succeeded: promoted"
     assert any("weights blue 0 / green 100" in line for line in lines)
 
     back = stack.cli("rollback", "mlp")
     assert back.returncode == 0, back.stderr
-    assert back.stdout.splitlines()[-1] == "rollout 2 succeeded: promoted"
+    assert back.stdout.splitlines()[-1] == "rollout 3 succeeded: promoted"
     listing = stack.cli("rollout", "list").stdout.splitlines()
-    assert [line.split()[:3] for line in listing] == [["2", "mlp", "v1"], ["1", "mlp", "v2"]]
+    assert [line.split()[:3] for line in listing] == [
+        ["3", "mlp", "v1"],
+        ["2", "mlp", "v2"],
+        ["1", "mlp", "v1"],
+    ]
 
     unknown = stack.cli("rollout", "start", "mlp", "9")
     assert unknown.returncode == 1

@@ -55,13 +55,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "faulty": examples.build_faulty(root / "faulty", "mlp"),
         }
         # The flaky version runs on the Python backend: folder code needs the model's explicit consent.
-        services.cp.set_policy(
+        services.signing.set_policy(
             "mlp", ModelPolicy(allow_code_backends=True, code_backends_require_signature=False), actor="tests"
         )
         for name in ("v1", "v2", "flaky", "faulty"):
             archive = pack_directory(folders[name], root / f"{name}.tar.gz")
-            services.cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
-        services.cp.deploy("mlp", 1)
+            services.registry.push(model="mlp", archive=archive, metadata=VersionMetadata())
+        services.deployer.deploy("mlp", 1)
         outputs = {
             name: examples.reference_outputs(folders[name], {"INPUT0": FIXED_INPUT})["OUTPUT0"]
             for name in ("v1", "v2")
@@ -103,8 +103,8 @@ def test_promote_rollback_and_promote_again_under_load_fail_no_request(env: Env)
     assert "other" not in {k for _at, k in load.answers}
     standby = again.source_pool
     assert env.services.router.weights()[standby] == 0
-    assert env.services.cp.pools[standby].triton.is_model_ready("mlp", 2), "the old pool stays warm"
-    with env.services.cp.db.transaction() as session:
+    assert env.services.pools[standby].triton.is_model_ready("mlp", 2), "the old pool stays warm"
+    with env.services.db.transaction() as session:
         assert store.get_model(session, "mlp").deployments and all(
             d.version == 2 for d in store.get_model(session, "mlp").deployments
         )
@@ -137,7 +137,7 @@ def test_a_canary_that_fails_requests_is_rolled_back_by_its_gate_before_full_tra
     assert load.failures, "the canary got traffic and failed some of it"
     assert all(at <= rolled_back_at for at, _msg in load.failures), "no failure after the rollback"
     print(f"canary: {len(load.failures)} failed of {len(load.failures) + len(load.answers)}; {breach.reason}")
-    with env.services.cp.db.transaction() as session:
+    with env.services.db.transaction() as session:
         assert store.get_version(session, "mlp", 3).state.value == "failed"
 
 
@@ -172,14 +172,14 @@ def test_two_rollouts_at_once_on_one_pool_pair_accept_exactly_one(env: Env) -> N
 
 
 def test_a_deploy_or_an_inplace_rollout_during_a_bluegreen_rollout_is_refused_naming_it(env: Env) -> None:
-    engine, cp = env.services.engine, env.services.cp
-    with cp.db.transaction() as session:
+    engine = env.services.engine
+    with env.services.db.transaction() as session:
         serving = store.get_model(session, "mlp").deployments[0].version
     target = 2 if serving == 1 else 1
     running = engine.start(rollout_spec(target, Strategy.BLUEGREEN, (100,)), actor="test")
 
     with pytest.raises(Conflict) as deploy:
-        cp.deploy("mlp", serving, actor="test")
+        env.services.deployer.deploy("mlp", serving, actor="test")
     with pytest.raises(Conflict) as inplace:
         engine.start(rollout_spec(target, Strategy.INPLACE, (100,)), actor="test")
 
@@ -193,7 +193,7 @@ def test_a_deploy_or_an_inplace_rollout_during_a_bluegreen_rollout_is_refused_na
 def test_an_inplace_rollout_swaps_the_version_on_the_live_pool_without_moving_weights(env: Env) -> None:
     engine = env.services.engine
     before = engine.router.weights()
-    with env.services.cp.db.transaction() as session:
+    with env.services.db.transaction() as session:
         serving = store.get_model(session, "mlp").deployments[0].version
     target = 2 if serving == 1 else 1
     with Load(env.grpc_url, env.outputs, threads=4) as load:

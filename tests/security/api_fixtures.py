@@ -3,7 +3,7 @@
 ``in_process_api`` serves ``create_app`` through a real uvicorn server (the
 product's own ``server_config``) on a free loopback port, so server limits,
 the request guard and error mapping are exercised exactly as ``controlplane
-up`` runs them; routes that need Triton are not used by these tests.
+up`` runs them; routes that need Triton answer 503 (``NoTritonDeployer``).
 """
 
 from __future__ import annotations
@@ -19,17 +19,28 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from controlplane.api.app import create_app
+from controlplane.api.app import ApiServices, create_app
 from controlplane.api.auth import Authenticator
 from controlplane.api.server import server_config
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.domain.auth import Role
+from controlplane.domain.models import Deployment
+from controlplane.errors import TritonUnavailable
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
 from controlplane.runtime.ports import free_ports
-from controlplane.service import ControlPlane
+from controlplane.services.health import Health
+from controlplane.services.registry import Registry
+from controlplane.services.signing import Signing
 from controlplane.settings import Settings
+
+
+class NoTritonDeployer:
+    """What deploys meet in an API with no Triton pool behind it: every deploy is unavailable."""
+
+    def deploy(self, model: str, number: int, *, pool: str | None = None, actor: str = "") -> Deployment:
+        raise TritonUnavailable(f"this API serves no Triton pool; {model} version {number} cannot deploy")
 
 
 @dataclass
@@ -62,16 +73,19 @@ def serve_api(state_dir: Path, **overrides: object) -> Iterator[ApiServer]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
     db.upgrade()
-    cp = ControlPlane(
+    blobs = BlobStore(settings.artifacts_dir)
+    signing = Signing(db=db, blobs=blobs, uploads_dir=settings.uploads_dir)
+    services = ApiServices(
         db=db,
-        blobs=BlobStore(settings.artifacts_dir),
-        uploads_dir=settings.uploads_dir,
-        pools={},
-        default_pool="blue",
-        limits=ArchiveLimits(),
+        registry=Registry(
+            db=db, blobs=blobs, uploads_dir=settings.uploads_dir, signing=signing, limits=ArchiveLimits()
+        ),
+        signing=signing,
+        health=Health(db=db, pools={}),
+        deployer=NoTritonDeployer(),  # type: ignore[arg-type]
     )
     auth = Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads)
-    app = create_app(cp, max_upload_bytes=settings.max_upload_bytes, auth=auth)
+    app = create_app(services, max_upload_bytes=settings.max_upload_bytes, auth=auth)
     server = uvicorn.Server(server_config(app, settings))
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()

@@ -102,7 +102,7 @@ def test_a_control_character_in_a_model_name_is_refused_with_422_on_every_route(
 def test_an_unexpected_exception_is_a_500_json_without_trace_or_paths(
     api: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cp_list = "controlplane.service.ControlPlane.list_models"
+    cp_list = "controlplane.services.registry.Registry.list_models"
 
     def explode(_self: object) -> list:
         raise RuntimeError(f"secret detail in {api.settings.state_dir}")

@@ -70,12 +70,12 @@ class Env:
             client.close()
 
     def drift_events(self, after: int) -> list:
-        with self.services.cp.db.transaction() as session:
+        with self.services.db.transaction() as session:
             events = store.list_events(session, after_id=after, limit=1000)
         return [e for e in events if e.action == "drift.repair"]
 
     def last_event_id(self) -> int:
-        with self.services.cp.db.transaction() as session:
+        with self.services.db.transaction() as session:
             events = store.list_events(session, limit=100_000)
         return events[-1].id if events else 0
 
@@ -88,8 +88,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with local_services(settings, pool_names=("blue", "green")) as (stack, services):
         v1 = examples.build_mlp(root / "v1", seed=1)
         archive = pack_directory(v1, root / "v1.tar.gz")
-        services.cp.push(model="mlp", archive=archive, metadata=VersionMetadata())
-        services.cp.deploy("mlp", 1)
+        services.registry.push(model="mlp", archive=archive, metadata=VersionMetadata())
+        services.deployer.deploy("mlp", 1)
         reference = examples.reference_outputs(v1, {"INPUT0": INPUT})["OUTPUT0"]
         yield Env(services, stack, root, f"127.0.0.1:{grpc_port}", reference)
 
@@ -104,9 +104,9 @@ def test_the_standby_pool_gets_the_production_release_loaded(env: Env) -> None:
 
     assert any("standby green follows blue" in c for c in changes), changes
     green = env.stack.pools["green"]
-    assert env.services.cp.pools["green"].triton.is_model_ready("mlp", 1)
+    assert env.services.pools["green"].triton.is_model_ready("mlp", 1)
     assert (green.repository.live / "mlp" / "1" / "model.onnx").is_file()
-    with env.services.cp.db.transaction() as session:
+    with env.services.db.transaction() as session:
         assert rollout_store.pool_weights(session) == {"blue": 100, "green": 0}
         assert rollout_store.pool_release(session, "green") == {"mlp": 1}
     assert env.services.router.weights() == {"blue": 100, "green": 0}

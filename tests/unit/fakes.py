@@ -10,7 +10,7 @@ the next load. Faults are injected per call (hooks run before an operation
 acts; one that raises ``SystemExit`` ends a rollout worker there without any
 cleanup, as a killed process would) and every call is recorded for the
 assertions. ``build_world`` wires them with a real SQLite registry, blob
-store and pool folders into a ``ControlPlane`` and rollout engines.
+store and pool folders into the services and rollout engines.
 
 Thread safety: the engine's worker threads and the test thread call these
 at the same time; each fake guards its state with one lock.
@@ -30,8 +30,9 @@ from google.protobuf import json_format
 from controlplane.artifacts.archive import ArchiveLimits, pack_directory
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.artifacts.model_config import parse_model_config
+from controlplane.claims import PoolClaims
 from controlplane.domain.analysis import Gates, PoolSample
-from controlplane.domain.models import ModelSignature, VersionMetadata
+from controlplane.domain.models import Deployment, ModelSignature, VersionMetadata
 from controlplane.domain.rollouts import RolloutSpec, Strategy
 from controlplane.errors import ModelLoadFailed, ProxyError, SmokeTestFailed, TritonUnavailable
 from controlplane.pools import Pool
@@ -39,7 +40,10 @@ from controlplane.registry import rollout_store
 from controlplane.registry.db import Database
 from controlplane.rollout.engine import EngineSettings, RolloutEngine
 from controlplane.rollout.reconciler import Reconciler
-from controlplane.service import ControlPlane
+from controlplane.services.deploys import Deployer
+from controlplane.services.registry import Registry
+from controlplane.services.repair import PoolRepair
+from controlplane.services.signing import Signing
 from controlplane.staging.repository import PoolRepository
 from controlplane.triton.client import ModelStatus
 
@@ -332,8 +336,12 @@ class World:
     router: FakeRouter
     sampler: FakeSampler
     pools: dict[str, Pool]
-    cp: ControlPlane
+    blobs: BlobStore
+    signing: Signing
+    registry: Registry
+    repair: PoolRepair
     engines: list[RolloutEngine] = field(default_factory=list)
+    _deploying: RolloutEngine | None = None
 
     def triton(self, pool: str) -> FakeTriton:
         triton = self.pools[pool].triton
@@ -345,7 +353,7 @@ class World:
         engine = cls(
             db=self.db,
             pools=self.pools,
-            blobs=self.cp.blobs,
+            blobs=self.blobs,
             router=self.router,
             sampler=self.sampler,
             settings=EngineSettings(
@@ -353,20 +361,28 @@ class World:
             ),
             clock=self.clock,
             sleep=self.clock.sleep,
-            policy_check=self.cp.check_deployable,
+            policy_check=self.signing.check_deployable,
         )
         self.engines.append(engine)
         return engine
 
     def reconciler(self, engine: RolloutEngine) -> Reconciler:
-        return Reconciler(cp=self.cp, engine=engine, router=self.router)
+        return Reconciler(repair=self.repair, engine=engine, router=self.router)
+
+    def deploy(self, model: str, number: int, *, pool: str | None = None, actor: str = "tests") -> Deployment:
+        """Deploy as the API does (an inplace rollout, answered when it has ended)."""
+        if self._deploying is None:
+            self._deploying = self.engine()
+        return Deployer(db=self.db, engine=self._deploying, answer_within=60.0).deploy(
+            model, number, pool=pool, actor=actor
+        )
 
     def push(self, name: str, weights: bytes) -> int:
         """Push a version of ``name`` whose model file holds ``weights``; return its number."""
         source = self.root / "sources" / f"{name}-{hashlib.sha256(weights).hexdigest()[:16]}"
         folder = model_folder(source, name, weights)
         archive = pack_directory(folder, folder.parent / "model.tar.gz")
-        version, _created = self.cp.push(model=name, archive=archive, metadata=VersionMetadata())
+        version, _created = self.registry.push(model=name, archive=archive, metadata=VersionMetadata())
         return version.number
 
     def releases(self) -> dict[str, dict[str, int]]:
@@ -381,6 +397,7 @@ class World:
     def close(self) -> None:
         for engine in self.engines:
             engine.stop(timeout=5.0)
+        self.repair.claims.close()
         self.db.dispose()
 
 
@@ -401,15 +418,8 @@ def build_world(root: Path, pool_names: tuple[str, ...] = ("blue", "green")) -> 
         pools[name] = Pool(name=name, repository=repository, triton=FakeTriton(repository))  # type: ignore[arg-type]
     uploads = root / "uploads"
     uploads.mkdir()
-    cp = ControlPlane(
-        db=db,
-        blobs=BlobStore(root / "artifacts"),
-        uploads_dir=uploads,
-        pools=pools,
-        default_pool=pool_names[0],
-        limits=ArchiveLimits(),
-        load_timeout=5.0,
-    )
+    blobs = BlobStore(root / "artifacts")
+    signing = Signing(db=db, blobs=blobs, uploads_dir=uploads)
     return World(
         root=root,
         db=db,
@@ -417,7 +427,10 @@ def build_world(root: Path, pool_names: tuple[str, ...] = ("blue", "green")) -> 
         router=FakeRouter(weights, clock=clock),
         sampler=FakeSampler(clock),
         pools=pools,
-        cp=cp,
+        blobs=blobs,
+        signing=signing,
+        registry=Registry(db=db, blobs=blobs, uploads_dir=uploads, signing=signing, limits=ArchiveLimits()),
+        repair=PoolRepair(db=db, blobs=blobs, pools=pools, claims=PoolClaims(db), load_timeout=5.0),
     )
 
 
@@ -426,7 +439,7 @@ def serving_world(root: Path) -> World:
     world = build_world(root)
     world.push("mlp", b"weights of version 1")
     world.push("mlp", b"weights of version 2")
-    world.cp.deploy("mlp", 1, actor="tests")
+    world.deploy("mlp", 1)
     world.reconciler(world.engine()).run_once()
     assert world.releases() == {"blue": {"mlp": 1}, "green": {"mlp": 1}}
     assert world.triton("green").ready_models() == {"mlp": 1}

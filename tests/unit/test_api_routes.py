@@ -7,8 +7,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from controlplane.api.app import create_app
+from controlplane.api.app import ApiServices, create_app
+from controlplane.api.auth import Authenticator
+from controlplane.errors import DeployPending
 
 # (method, path) -> (OpenAPI tag, success status)
 ROUTES = {
@@ -37,9 +40,12 @@ ROUTES = {
 
 def _openapi(*, with_engine: bool) -> dict[str, Any]:
     # Building the app touches neither the database nor the engine: stand-ins are enough.
-    cp: Any = SimpleNamespace(db=None, uploads_dir=Path("/nonexistent/uploads"))
-    engine: Any = SimpleNamespace() if with_engine else None
-    return create_app(cp, max_upload_bytes=1 << 20, engine=engine).openapi()
+    stand_in: Any = SimpleNamespace(uploads_dir=Path("/nonexistent/uploads"))
+    engine: Any = stand_in if with_engine else None
+    services = ApiServices(
+        db=stand_in, registry=stand_in, signing=stand_in, health=stand_in, engine=engine, deployer=engine
+    )
+    return create_app(services, max_upload_bytes=1 << 20).openapi()
 
 
 def _operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -54,9 +60,9 @@ def test_the_api_serves_exactly_the_known_routes_with_their_tags_and_success_sta
         assert status in operations[key]["responses"], key
 
 
-def test_without_a_rollout_engine_only_the_rollout_routes_are_missing() -> None:
+def test_without_a_rollout_engine_the_rollout_and_deploy_routes_are_missing() -> None:
     operations = _operations(_openapi(with_engine=False))
-    assert set(operations) == {key for key, (tag, _) in ROUTES.items() if tag != "rollouts"}
+    assert set(operations) == {key for key, (tag, _) in ROUTES.items() if tag not in {"rollouts", "deploy"}}
 
 
 @pytest.mark.parametrize(
@@ -73,3 +79,29 @@ def test_routes_keep_their_response_models(key: tuple[str, str], schema: str) ->
     operation = _operations(_openapi(with_engine=True))[key]
     status = ROUTES[key][1]
     assert f"#/components/schemas/{schema}" in str(operation["responses"][status])
+
+
+def test_a_deploy_still_running_when_the_request_has_waited_answers_202_pointing_to_its_rollout() -> None:
+    def deploy(*_args: object, **_kwargs: object) -> None:
+        raise DeployPending(
+            "the deploy of mlp version 2 is not done after 270 s; it goes on as rollout 7",
+            details={"rollout": 7, "state": "staging"},
+        )
+
+    stand_in: Any = SimpleNamespace(uploads_dir=Path("/nonexistent/uploads"), deploy=deploy)
+    services = ApiServices(
+        db=stand_in, registry=stand_in, signing=stand_in, health=stand_in, engine=stand_in, deployer=stand_in
+    )
+    app = create_app(services, max_upload_bytes=1 << 20, auth=Authenticator(stand_in, required=False))
+
+    with TestClient(app) as client:
+        answer = client.post("/v1/models/mlp/versions/2/deploy")
+
+    assert answer.status_code == 202
+    assert answer.headers["location"] == "/v1/rollouts/7"
+    assert answer.json() == {
+        "status": "pending",
+        "message": "the deploy of mlp version 2 is not done after 270 s; it goes on as rollout 7",
+        "rollout": 7,
+        "state": "staging",
+    }

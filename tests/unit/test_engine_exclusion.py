@@ -40,6 +40,7 @@ def _during_first_step(world: World, request: Callable[[], object]) -> list[Base
 
 def test_a_second_rollout_is_refused_with_a_conflict_naming_the_running_one(world: World) -> None:
     engine = world.engine()
+    earlier = [r.id for r in engine.list()]
     outcome = _during_first_step(world, lambda: engine.start(spec(1, steps=(100,)), actor="other"))
 
     first = engine.start(spec(2), actor="tests")
@@ -49,12 +50,12 @@ def test_a_second_rollout_is_refused_with_a_conflict_naming_the_running_one(worl
     assert isinstance(refused, Conflict)
     assert f"rollout {first.id}" in refused.message
     assert done.state is RolloutState.SUCCEEDED
-    assert [r.id for r in engine.list()] == [first.id]
+    assert [r.id for r in engine.list()] == [first.id, *earlier], "the refused one left no row"
 
 
 def test_a_deploy_during_a_rollout_is_refused_and_changes_nothing(world: World) -> None:
     engine = world.engine()
-    outcome = _during_first_step(world, lambda: world.cp.deploy("mlp", 1, pool="blue", actor="other"))
+    outcome = _during_first_step(world, lambda: world.deploy("mlp", 1, pool="blue", actor="other"))
     blue_loads = len([c for c in world.triton("blue").calls if c[0] == "load"])
 
     done = engine.wait(engine.start(spec(2), actor="tests").id, timeout=10)

@@ -83,7 +83,7 @@ def _assert_promoted(world: World, engine: RolloutEngine, rollout_id: int) -> No
     assert world.releases() == {"blue": {"mlp": 2}, "green": {"mlp": 2}}
     for pool in ("blue", "green"):
         assert world.triton(pool).ready_models() == {"mlp": 2}
-    assert world.cp.get_version("mlp", 2).state is VersionState.SERVING
+    assert world.registry.get_version("mlp", 2).state is VersionState.SERVING
     assert not [e for e in done.events if e.to_state in ("rolling_back", "failed")]
 
 
@@ -202,7 +202,7 @@ def test_a_permanent_staging_error_fails_the_rollout_and_marks_the_version_faile
     done = engine.wait(engine.start(spec(2), actor="tests").id, timeout=10)
 
     assert done.state is RolloutState.FAILED
-    assert world.cp.get_version("mlp", 2).state is VersionState.FAILED
+    assert world.registry.get_version("mlp", 2).state is VersionState.FAILED
     assert all(weights["green"] == 0 for _at, weights in world.router.history)
     assert world.clock.slept < 5.0, "no retry before the verdict"
 
@@ -216,7 +216,7 @@ def test_an_unexpected_exception_rolls_back_to_the_source_pool_and_the_worker_en
     assert done.state is RolloutState.ROLLED_BACK
     assert "internal error" in done.reason
     assert world.router.weights() == {"blue": 100, "green": 0}
-    assert world.cp.get_version("mlp", 2).state is VersionState.REGISTERED
+    assert world.registry.get_version("mlp", 2).state is VersionState.REGISTERED
 
 
 def test_every_error_says_whether_retrying_can_help() -> None:

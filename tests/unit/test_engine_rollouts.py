@@ -31,7 +31,7 @@ def _active_id(engine: RolloutEngine) -> int:
 
 
 def _version_state(world: World, number: int) -> VersionState:
-    return world.cp.get_version("mlp", number).state
+    return world.registry.get_version("mlp", number).state
 
 
 def _assert_serving(world: World, *, live: str, version: int) -> None:
@@ -104,7 +104,7 @@ def test_a_version_triton_cannot_load_fails_the_rollout_and_no_weight_ever_moves
     assert "CUDA out of memory" in done.reason
     assert all(weights["green"] == 0 for _at, weights in world.router.history)
     _assert_serving(world, live="blue", version=1)
-    version = world.cp.get_version("mlp", 2)
+    version = world.registry.get_version("mlp", 2)
     assert version.state is VersionState.FAILED
     assert version.last_error is not None and "CUDA out of memory" in version.last_error
 

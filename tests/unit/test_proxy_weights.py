@@ -27,7 +27,7 @@ def _weights(world: World) -> ProxyWeights:
 
 
 def _weight_events(world: World) -> list[dict[str, object]]:
-    return [dict(e.details) for e in world.cp.events(limit=1000) if e.action == "weights.apply"]
+    return [dict(e.details) for e in world.registry.events(limit=1000) if e.action == "weights.apply"]
 
 
 def _record(world: World, weights: dict[str, int]) -> None:

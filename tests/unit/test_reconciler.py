@@ -1,4 +1,4 @@
-"""The reconciler (``Reconciler.run_once`` / ``run_forever`` and ``ControlPlane.reconcile``) over fakes.
+"""The reconciler (``Reconciler.run_once`` / ``run_forever`` and ``PoolRepair.reconcile``) over fakes.
 
 Version 1 of ``mlp`` serves on blue with green as its warm standby. Each
 drift test changes the live pool behind the control plane's back, runs one
@@ -30,7 +30,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def _drift_events(world: World) -> list[tuple[str, str]]:
-    return [(e.target, e.outcome) for e in world.cp.events(limit=1000) if e.action == "drift.repair"]
+    return [(e.target, e.outcome) for e in world.registry.events(limit=1000) if e.action == "drift.repair"]
 
 
 def _unexpected_folder(world: World) -> None:
@@ -80,9 +80,9 @@ def test_each_kind_of_drift_on_the_live_pool_is_repaired_and_audited(
     assert changes, "the pass reported no change"
     assert _drift_events(world) == [(target, kind)]
     blue = world.pools["blue"]
-    version = world.cp.get_version("mlp", 1)
+    version = world.registry.get_version("mlp", 1)
     assert blue.repository.live_models() == ["mlp"]
-    assert blue.repository.differences(version, world.cp.blobs) == []
+    assert blue.repository.differences(version, world.blobs) == []
     assert world.triton("blue").ready_models() == {"mlp": 1}
     assert world.triton("blue").model_config("mlp")["max_batch_size"] == 8
     assert reconciler.run_once() == []
@@ -103,7 +103,7 @@ def test_a_repair_that_triton_refuses_is_reported_and_the_other_models_are_still
     world: World,
 ) -> None:
     world.push("other", b"weights of other")
-    world.cp.deploy("other", 1, actor="tests")
+    world.deploy("other", 1, actor="tests")
     reconciler = world.reconciler(world.engine())
     reconciler.run_once()
     blue = world.triton("blue")
@@ -119,7 +119,7 @@ def test_a_repair_that_triton_refuses_is_reported_and_the_other_models_are_still
 
 def test_the_standby_follows_the_live_release_after_a_deploy(world: World) -> None:
     reconciler = world.reconciler(world.engine())
-    world.cp.deploy("mlp", 2, actor="tests")
+    world.deploy("mlp", 2, actor="tests")
     assert world.releases()["green"] == {"mlp": 1}
 
     changes = reconciler.run_once()
@@ -127,9 +127,9 @@ def test_the_standby_follows_the_live_release_after_a_deploy(world: World) -> No
     assert any(c.startswith("standby green follows blue") for c in changes)
     assert world.releases() == {"blue": {"mlp": 2}, "green": {"mlp": 2}}
     assert world.triton("green").ready_models() == {"mlp": 2}
-    syncs = [e for e in world.cp.events(limit=1000) if e.action == "standby.sync"]
+    syncs = [e for e in world.registry.events(limit=1000) if e.action == "standby.sync"]
     assert syncs[-1].target == "green" and syncs[-1].details["to"] == {"mlp": 2}
-    assert world.cp.get_version("mlp", 1).state is VersionState.RETIRED
+    assert world.registry.get_version("mlp", 1).state is VersionState.RETIRED
     assert reconciler.run_once() == []
 
 
@@ -137,7 +137,7 @@ def test_a_new_pool_gets_the_live_release_installed_without_reporting_drift(tmp_
     world = build_world(tmp_path)
     try:
         world.push("mlp", b"weights of version 1")
-        world.cp.deploy("mlp", 1, actor="tests")
+        world.deploy("mlp", 1, actor="tests")
         reconciler = world.reconciler(world.engine())
 
         reconciler.run_once()

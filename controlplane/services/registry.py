@@ -1,0 +1,129 @@
+"""The registry's service: push versions, read models, versions and the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+from controlplane.artifacts.archive import ArchiveLimits
+from controlplane.artifacts.blobs import BlobStore
+from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS
+from controlplane.artifacts.ingest import IngestedArtifact, ingest_archive
+from controlplane.artifacts.model_config import ConfigReview
+from controlplane.domain.models import (
+    AuditEvent,
+    Model,
+    ModelName,
+    ModelVersion,
+    VersionMetadata,
+    validate_model_name,
+)
+from controlplane.domain.policy import check_pushable
+from controlplane.errors import ControlPlaneError
+from controlplane.metrics import PUSHES
+from controlplane.registry import store
+from controlplane.registry.db import Database
+from controlplane.services import audit
+from controlplane.services.signing import Signing
+
+
+class Registry:
+    """Models and their versions: ingest archives into the blob store, read what is registered."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        blobs: BlobStore,
+        uploads_dir: Path,
+        signing: Signing,
+        limits: ArchiveLimits,
+        allowed_backends: Collection[str] = DEFAULT_ALLOWED_BACKENDS,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.uploads_dir = uploads_dir
+        self.signing = signing
+        self.limits = limits
+        self.allowed_backends = tuple(allowed_backends)
+
+    def push(
+        self, *, model: str, archive: Path, metadata: VersionMetadata, actor: str = "anonymous"
+    ) -> tuple[ModelVersion, bool]:
+        """Ingest an archive as a new version of ``model`` (or return the identical one)."""
+        name = validate_model_name(model)
+
+        def admit(review: ConfigReview) -> None:
+            check_pushable(
+                model=name, code_runners=review.code_runners, policy=self.signing.policy_of(name)[1]
+            )
+
+        # Held from the first stored blob until the version is committed: gc never takes these blobs.
+        with self.blobs.writing():
+            try:
+                artifact = ingest_archive(
+                    archive,
+                    model_name=name,
+                    store=self.blobs,
+                    work_dir=self.uploads_dir,
+                    limits=self.limits,
+                    allowed_backends=self.allowed_backends,
+                    admit=admit,
+                )
+            except ControlPlaneError as exc:
+                PUSHES.labels("rejected").inc()
+                audit.record(
+                    self.db,
+                    actor=actor,
+                    action="push",
+                    target=name,
+                    outcome="rejected",
+                    details={"code": exc.code, "error": exc.message},
+                )
+                raise
+            version, created = self._register(name, artifact, metadata, actor)
+        PUSHES.labels("created" if created else "unchanged").inc()
+        return version, created
+
+    def _register(
+        self, name: ModelName, artifact: IngestedArtifact, metadata: VersionMetadata, actor: str
+    ) -> tuple[ModelVersion, bool]:
+        with self.db.transaction() as session:
+            version, created = store.register_version(
+                session,
+                model=name,
+                digest=artifact.digest,
+                manifest=artifact.manifest,
+                source_version_dir=artifact.source_version_dir,
+                signature=artifact.signature,
+                metadata=metadata,
+            )
+            store.append_event(
+                session,
+                actor=actor,
+                action="push",
+                target=f"{name}/{version.number}",
+                outcome="created" if created else "unchanged",
+                details={"digest": version.digest, "files": len(version.manifest)},
+            )
+        return version, created
+
+    def list_models(self) -> list[Model]:
+        with self.db.transaction() as session:
+            return store.list_models(session)
+
+    def get_model(self, model: str) -> Model:
+        with self.db.transaction() as session:
+            return store.get_model(session, model)
+
+    def list_versions(self, model: str) -> list[ModelVersion]:
+        with self.db.transaction() as session:
+            return store.list_versions(session, model)
+
+    def get_version(self, model: str, number: int) -> ModelVersion:
+        with self.db.transaction() as session:
+            return store.get_version(session, model, number)
+
+    def events(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEvent]:
+        with self.db.transaction() as session:
+            return store.list_events(session, after_id=after_id, limit=limit)
