@@ -408,6 +408,52 @@ def rollback(
     _finish(api, _request("POST", api, f"/v1/models/{model}/rollback"), watch, as_json)
 
 
+
+# -- pools ---------------------------------------------------------------------------------
+
+pool_app = typer.Typer(help="Triton pools: what they serve, and recycling an idle one.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+
+
+def _mib(value: int | None) -> str:
+    return "?" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+@pool_app.command("list")
+def pool_list(api: ApiUrl = DEFAULT_API, as_json: JsonFlag = False) -> None:
+    """Each pool: weight, release, readiness, loads since its Tritons started, memory, holder."""
+    result = _request("GET", api, "/v1/pools")
+    if as_json:
+        _print_json(result)
+        return
+    for p in result:
+        release = ", ".join(f"{m} v{v}" for m, v in sorted(p["release"].items())) or "nothing"
+        state = "ready" if p["ready"] else "NOT READY"
+        held = f"  held by {p['held_by']}" if p["held_by"] else ""
+        typer.echo(
+            f"{p['name']:<10} weight {p['weight']:>3}  {state:<9} {_mib(p['memory_bytes']):>9}  "
+            f"{p['loads_since_recycle']} loads  {release}{held}"
+        )
+
+
+@pool_app.command("recycle")
+def pool_recycle(
+    pool: Annotated[str, typer.Argument(help="A pool without traffic.")],
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restart an idle pool's Tritons (memory back); returns once its models are loaded and smoke-tested."""
+    result = _request("POST", api, f"/v1/pools/{pool}/recycle")
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(
+        f"pool {result['pool']} recycled in {result['seconds']:.1f} s; memory "
+        f"{_mib(result['memory_before'])} -> {_mib(result['memory_after'])}; "
+        f"{len(result['models'])} model(s) ready"
+    )
+
+
 # -- signature policy --------------------------------------------------------------------------
 
 policy_app = typer.Typer(help="Signature policy of a model.", no_args_is_help=True)

@@ -4,7 +4,10 @@
 serves traffic (measured with Triton 2.51): build the folder aside, swap it in atomically,
 reload in Triton (the old version serves until the new one is READY),
 smoke-test, and only then report success. On failure the previous folder is
-swapped back and reloaded, so the repository and Triton keep agreeing.
+swapped back and reloaded, so the repository and Triton keep agreeing. With
+several replicas (``ReplicatedTriton``) the load stops at the first replica
+that fails, and the restore reloads the previous version (or unloads) on every
+replica, so no replica is left on the failed version.
 
 Concurrency: callers hold the pool's claim (``controlplane.claims``) while
 they change a pool; the claim, a database row, excludes every other
@@ -23,18 +26,20 @@ from controlplane.domain.models import ModelVersion
 from controlplane.domain.redaction import redact
 from controlplane.errors import ControlPlaneError, ModelLoadFailed, SmokeTestFailed, TritonUnavailable
 from controlplane.staging.repository import PoolRepository
-from controlplane.triton.client import TritonClient
+from controlplane.triton.replicas import TritonControl
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Pool:
-    """A Triton server (or, later, replicas) with its model repository."""
+    """A pool's Triton replicas (``ReplicatedTriton``; one ``TritonClient`` also fits) and its repository."""
 
     name: str
     repository: PoolRepository
-    triton: TritonClient
+    triton: TritonControl
+    loads_since_recycle: int = 0
+    """Versions loaded since the pool's Tritons last started here (a recycle policy reads it)."""
 
 
 def install(
@@ -43,6 +48,7 @@ def install(
     """Stage, swap in, load and smoke-test ``version`` on ``pool``; undo everything on failure."""
     built = pool.repository.build(version, blobs, verify=True)
     old_folder = pool.repository.activate(version.model, built)
+    pool.loads_since_recycle += 1
     try:
         pool.triton.load(version.model, version.number, timeout=load_timeout)
         pool.triton.smoke_test(version.model, version.number, version.signature)

@@ -95,3 +95,21 @@ def read_pid_file(path: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid > 0 else None
+
+
+def group_rss_bytes(pgrp: int, proc: Path = PROC) -> int:
+    """Resident memory of every process in process group ``pgrp`` (a server and its backend stubs)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        stat = read_stat(int(entry.name), proc)
+        if stat is None or stat.pgrp != pgrp or stat.exited:
+            continue
+        try:
+            resident = int((entry / "statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        total += resident * page
+    return total

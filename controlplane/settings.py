@@ -29,6 +29,46 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=1, le=65535, description="Triton gRPC through the proxy.")
     http_port: int = Field(default=8002, ge=1, le=65535, description="Triton HTTP through the proxy.")
     pools: str = Field(default="blue,green", description="Comma-separated Triton pool names.")
+    pool_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Embedded runtime: tritonserver processes per pool, all on the pool's repository "
+        "(every pool has the same number, so pool weights stay shares of the traffic).",
+    )
+    runtime: Literal["local", "external"] = Field(
+        default="local",
+        description="local: start tritonserver and haproxy here; external: drive the ones something else "
+        "runs (docker compose), named by external_pools.",
+    )
+    external_pools: str = Field(
+        default="",
+        description="external runtime: each pool's Triton replicas, `blue=host[,host...];green=host[,...]`.",
+    )
+    external_triton_grpc_port: int = Field(default=8001, ge=1, le=65535)
+    external_triton_http_port: int = Field(default=8000, ge=1, le=65535)
+    external_triton_metrics_port: int = Field(default=8002, ge=1, le=65535)
+    triton_admin_key_file: Path | None = Field(
+        default=None,
+        description="external runtime: file holding the key of Triton's restricted APIs, made if missing "
+        "and read by the Triton containers; default STATE_DIR/triton-admin-key.",
+    )
+    proxy_config_file: Path | None = Field(
+        default=None,
+        description="external runtime: where the HAProxy configuration is written for the proxy container; "
+        "default STATE_DIR/proxy/haproxy.cfg.",
+    )
+    proxy_dns_resolver: str = Field(
+        default="",
+        description="external runtime: host:port of the DNS server that names the Triton hosts (a container "
+        "engine's: 127.0.0.11:53); set, the proxy starts while a host does not resolve yet and follows new "
+        "addresses.",
+    )
+    proxy_admin_socket: Path | None = Field(
+        default=None,
+        description="external runtime: HAProxy's admin socket (a volume both containers mount); "
+        "default STATE_DIR/proxy/admin.sock.",
+    )
     triton_ports_base: int = Field(
         default=0,
         ge=0,
@@ -71,6 +111,15 @@ class Settings(BaseSettings):
         default=True,
         description="Pools without traffic keep the production models loaded, so the proxy can fail over "
         "to them when the serving Triton dies (costs the memory of a second copy of each model).",
+    )
+    recycle_after_loads: int = Field(
+        default=0,
+        ge=0,
+        description="Restart an idle pool's Tritons after this many model loads (memory that unloads keep); "
+        "0: never.",
+    )
+    recycle_above_bytes: int = Field(
+        default=0, ge=0, description="Restart an idle pool's Tritons above this much memory; 0: never."
     )
     max_json_bytes: int = Field(default=1024**2, gt=0, description="Largest JSON (non-upload) request body.")
     max_header_bytes: int = Field(
@@ -132,6 +181,11 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.state_dir / "uploads"
+
+    @property
+    def pool_names(self) -> tuple[str, ...]:
+        """The embedded runtime's pools (the external runtime names its own in ``external_pools``)."""
+        return tuple(p.strip() for p in self.pools.split(",") if p.strip())
 
     @property
     def allowed_backend_names(self) -> tuple[str, ...]:

@@ -2,7 +2,8 @@
 
 PostgreSQL comes from CONTROLPLANE_TEST_POSTGRES_URL (default: the server on
 this machine, database ``test``); when that variable is unset and a Docker
-engine answers, a throwaway container is used instead. Each test gets its own
+engine answers, a throwaway container of CONTROLPLANE_TEST_POSTGRES_IMAGE
+(default ``postgres:16-alpine``) is used instead. Each test gets its own
 schema, dropped afterwards, so runs never see each other's rows.
 """
 
@@ -38,10 +39,20 @@ def postgres_url() -> Iterator[str]:
     if configured or not _docker_engine_available():
         yield configured or DEFAULT_POSTGRES_URL
         return
-    from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]
+    from testcontainers.community.postgres import PostgresContainer  # type: ignore[import-not-found]
 
-    with PostgresContainer("postgres:16-alpine", driver="psycopg") as container:
+    # Ryuk's image cannot be pulled everywhere, and a machine that is itself a container would
+    # otherwise be dialled through the engine's gateway: the engine here is on this host.
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+    os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+    with PostgresContainer(postgres_image(), driver="psycopg") as container:
         yield container.get_connection_url()
+
+
+def postgres_image() -> str:
+    """The PostgreSQL image a throwaway container runs (built locally where none can be pulled)."""
+    return os.environ.get("CONTROLPLANE_TEST_POSTGRES_IMAGE", "postgres:16-alpine")
 
 
 def _postgres_database(url: str) -> Iterator[Database]:
@@ -78,7 +89,7 @@ def database(empty_database: Database) -> Database:
     return empty_database
 
 
-_SERVER_TIERS = ("integration", "security")
+_SERVER_TIERS = ("integration", "security", "compose")
 
 
 @pytest.hookimpl(tryfirst=True)

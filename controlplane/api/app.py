@@ -19,11 +19,13 @@ from controlplane.api.routes_deploys import deploys_router
 from controlplane.api.routes_events import events_router
 from controlplane.api.routes_health import ReadinessCheck, health_router
 from controlplane.api.routes_models import models_router
+from controlplane.api.routes_pools import pools_router
 from controlplane.api.routes_signatures import signatures_router
 from controlplane.registry.db import Database
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.services.deploys import Deployer
 from controlplane.services.health import Health
+from controlplane.services.recycle import PoolRecycler
 from controlplane.services.registry import Registry
 from controlplane.services.signing import Signing
 
@@ -36,7 +38,7 @@ UPLOAD_ROUTES = (
 
 @dataclass(frozen=True)
 class ApiServices:
-    """What the routes call. Without the engine (and deployer) the API has no rollout or deploy routes."""
+    """What the routes call. Without the engine, deployer or recycler the API lacks their routes."""
 
     db: Database
     registry: Registry
@@ -44,6 +46,7 @@ class ApiServices:
     health: Health
     engine: RolloutEngine | None = None
     deployer: Deployer | None = None
+    recycler: PoolRecycler | None = None
 
 
 def create_app(
@@ -76,6 +79,8 @@ def create_app(
     app.include_router(models_router(services.registry, auth, max_upload_bytes=max_upload_bytes))
     if services.deployer is not None:
         app.include_router(deploys_router(services.deployer, auth))
+    if services.recycler is not None:
+        app.include_router(pools_router(services.recycler, auth))
     app.include_router(signatures_router(services.signing, auth))
     app.include_router(events_router(services.registry, auth))
     app.include_router(

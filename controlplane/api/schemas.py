@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from controlplane.domain import models as d
 from controlplane.domain.limits import has_control_characters
 from controlplane.domain.policy import ModelPolicy, SignaturePolicy, SignatureRecord
+from controlplane.services.recycle import PoolStatus, RecycleOutcome
 
 
 class TensorOut(BaseModel):
@@ -59,6 +60,24 @@ class DeploymentOut(BaseModel):
     version: int
     state: str
     updated_at: datetime
+
+
+class PoolOut(BaseModel):
+    name: str
+    weight: int
+    release: dict[str, int]
+    ready: bool
+    loads_since_recycle: int
+    memory_bytes: int | None
+    held_by: str | None
+
+
+class RecycleOut(BaseModel):
+    pool: str
+    seconds: float
+    memory_before: int | None
+    memory_after: int | None
+    models: list[str]
 
 
 class DeployPendingOut(BaseModel):
@@ -202,4 +221,26 @@ def event_out(e: d.AuditEvent) -> EventOut:
         target=e.target,
         outcome=e.outcome,
         details=dict(e.details),
+    )
+
+
+def pool_out(p: PoolStatus) -> PoolOut:
+    return PoolOut(
+        name=p.name,
+        weight=p.weight,
+        release=dict(p.release),
+        ready=p.ready,
+        loads_since_recycle=p.loads_since_recycle,
+        memory_bytes=p.memory_bytes,
+        held_by=p.held_by,
+    )
+
+
+def recycle_out(r: RecycleOutcome) -> RecycleOut:
+    return RecycleOut(
+        pool=r.pool,
+        seconds=round(r.seconds, 3),
+        memory_before=r.memory_before,
+        memory_after=r.memory_after,
+        models=list(r.models),
     )

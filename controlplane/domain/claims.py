@@ -2,15 +2,16 @@
 
 A pool is changed (folders, loaded models, weights it takes) by at most one
 operation at a time: a rollout of any strategy (a deploy is an inplace
-rollout, a rollback a blue-green one) or a reconciler repair. The operation holds the pool's claim from the
-transaction that creates it to the one that ends it.
+rollout, a rollback a blue-green one), a reconciler repair or a recycle.
+The operation holds the pool's claim from the transaction that creates it
+to the one that ends it.
 
 A claim names its holder (kind and id), the control-plane process that drives
 it (``owner``) and until when that process vouches for it (``lease_until``,
 renewed while the process lives). Who may take a claimed pool over:
 
 - nobody, while the owner renews its lease;
-- for a repair whose owner died (lease run out, or the owner was a process
+- for a repair or a recycle whose owner died (lease run out, or the owner was a process
   on this host that no longer exists): any new operation, which deletes the
   stale claim and takes the pool; what the dead repair left half-done is the
   next repair's to finish, under its own claim;
@@ -33,6 +34,8 @@ class HolderKind(enum.StrEnum):
     DEPLOY = "deploy"
     """Taken by deploys of earlier releases (deploys are inplace rollouts now); taken over like a repair's."""
     REPAIR = "repair"
+    RECYCLE = "recycle"
+    """A restart of an idle pool's Triton(s) to give back memory; taken over like a repair's."""
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ import threading
 from sqlalchemy.orm import Session
 
 from controlplane.domain.claims import HolderKind
-from controlplane.errors import ControlPlaneError
+from controlplane.domain.recycling import RecyclePolicy, recycle_due
+from controlplane.errors import ControlPlaneError, PoolBusy
 from controlplane.registry import claim_store, rollout_store, store
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.rollout.weights import ProxyWeights
+from controlplane.services.recycle import PoolRecycler
 from controlplane.services.repair import PoolRepair
 from controlplane.traffic.router import TrafficRouter
 
@@ -33,10 +35,20 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """Compares desired state with actual state and converges, one pass at a time."""
 
-    def __init__(self, *, repair: PoolRepair, engine: RolloutEngine, router: TrafficRouter) -> None:
+    def __init__(
+        self,
+        *,
+        repair: PoolRepair,
+        engine: RolloutEngine,
+        router: TrafficRouter,
+        recycler: PoolRecycler | None = None,
+        recycle_policy: RecyclePolicy | None = None,
+    ) -> None:
         self.repair = repair
         self.engine = engine
         self.router = router
+        self.recycler = recycler
+        self.recycle_policy = recycle_policy or RecyclePolicy()
         self.weights = ProxyWeights(db=repair.db, router=router, pools=repair.pools)
         self._wake = threading.Event()
 
@@ -47,7 +59,35 @@ class Reconciler:
         changes += [f"resumed rollout {i}" for i in self.engine.resume()]
         if not self.engine.busy() and not self._rollout_holds_a_pool():
             changes += self._converge_weights()
+            changes += self._recycle_due_pools()
         return changes
+
+    def _recycle_due_pools(self) -> list[str]:
+        """Recycle each pool without traffic that the policy says is due (one pool per pass)."""
+        if self.recycler is None or not self.recycle_policy.active:
+            return []
+        with self.repair.db.transaction() as session:
+            weights = rollout_store.pool_weights(session)
+        for name, pool in self.repair.pools.items():
+            if weights.get(name, 0) > 0:
+                continue
+            why = recycle_due(
+                self.recycle_policy,
+                loads=pool.loads_since_recycle,
+                memory_bytes=self.recycler.processes.memory_bytes(name)
+                if self.recycle_policy.above_bytes
+                else None,
+            )
+            if why is None:
+                continue
+            try:
+                outcome = self.recycler.recycle(name, actor="reconciler", why=why)
+            except PoolBusy:
+                continue
+            except ControlPlaneError as exc:
+                return [f"could not recycle {name} ({why}): {exc.message}"]
+            return [f"recycled {name} ({why}) in {outcome.seconds:.1f} s"]
+        return []
 
     def _rollout_holds_a_pool(self) -> bool:
         with self.repair.db.transaction() as session:

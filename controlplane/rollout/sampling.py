@@ -1,27 +1,37 @@
 """Read one pool's counters from HAProxy and Triton into a ``PoolSample`` for canary analysis.
 
-HAProxy supplies what clients saw on the pool's server (requests routed to it
-and errors answered by it); Triton supplies its own success/failure counters
-and p99 for the models under rollout. ``controlplane.domain.analysis`` explains
+HAProxy supplies what clients saw on the pool's servers (requests routed to
+them and errors answered by them); Triton supplies its own success/failure
+counters and p99 for the models under rollout. A pool of several replicas is
+several servers in each proxy backend (each with its standby) and several
+metrics endpoints: all of them are added up (``triton.metrics.combine_counters``
+says how the p99 is taken). ``controlplane.domain.analysis`` explains
 why both are needed and how two samples become a verdict.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from controlplane.domain.analysis import PoolSample
 from controlplane.errors import ProxyError
-from controlplane.traffic.haproxy_config import standby_name
+from controlplane.traffic.haproxy_config import is_standby, pool_of_server
 from controlplane.traffic.haproxy_runtime import HAProxyRuntime, StatRow
-from controlplane.triton.metrics import TritonMetricsClient
+from controlplane.triton.metrics import TritonMetricsClient, scrape_replicas
+
+MetricsClients = TritonMetricsClient | Sequence[TritonMetricsClient]
+"""One pool's metrics: its Triton's client, or one client per replica."""
+
+
+def _clients(triton: MetricsClients) -> list[TritonMetricsClient]:
+    return [triton] if isinstance(triton, TritonMetricsClient) else list(triton)
 
 
 def _pool_rows(rows: list[StatRow], pool: str, backends: Collection[str]) -> list[StatRow]:
-    # The pool's own server and its standby: traffic the standby took is the pool's.
+    # Every replica server of the pool and their standbys: traffic a standby took is the pool's.
     found = [r for r in rows if r.kind == "server" and r.pool == pool and r.pxname in backends]
-    missing = sorted(set(backends) - {r.pxname for r in found if r.svname == pool})
+    missing = sorted(set(backends) - {r.pxname for r in found if not is_standby(r.svname)})
     if missing:
         # Without the row the pool's traffic would read as zero and pass any gate.
         raise ProxyError(
@@ -35,15 +45,16 @@ def sample_pool(
     *,
     pool: str,
     runtime: HAProxyRuntime,
-    triton: TritonMetricsClient,
+    triton: MetricsClients,
     models: Collection[str],
     clock: Callable[[], float] = time.monotonic,
 ) -> PoolSample:
     """Read ``pool``'s counters now: HAProxy's server rows and error table, then Triton's metrics.
 
-    ``triton`` must be the metrics client of this pool's Triton. Proxy
-    counters are summed over every pool backend of ``runtime`` (gRPC and
-    HTTP) and over the pool's server and its standby. Proxy errors are gRPC
+    ``triton`` is the metrics client of this pool's Triton, or one per
+    replica (summed). Proxy counters are summed over every pool backend of
+    ``runtime`` (gRPC and HTTP) and over every server of the pool: each
+    replica's and each standby's. Proxy errors are gRPC
     calls answered with grpc-status != 0 (the stick table), HTTP 5xx answers,
     and responses that never arrived (``eresp``: connection cut, timeout).
     Not ``econ``: HAProxy retries a failed connection on another server, so
@@ -62,8 +73,8 @@ def sample_pool(
     at = clock()
     rows = _pool_rows(runtime.server_stats(), pool, runtime.backends)
     errors = runtime.grpc_error_counts()
-    grpc_errors = errors.get(pool, 0) + errors.get(standby_name(pool), 0)
-    counters = triton.scrape(models)
+    grpc_errors = sum(count for server, count in errors.items() if pool_of_server(server) == pool)
+    counters = scrape_replicas(_clients(triton), models)
     return PoolSample(
         at=at,
         proxy_requests=sum(r.stot for r in rows),
@@ -75,7 +86,7 @@ def sample_pool(
 
 
 class PoolSampler:
-    """``sample_pool`` bound to one proxy and each pool's Triton: ``sampler(pool, models)``.
+    """``sample_pool`` bound to one proxy and each pool's Triton(s): ``sampler(pool, models)``.
 
     Matches the ``Sampler`` callable the rollout engine takes.
     """
@@ -83,12 +94,12 @@ class PoolSampler:
     def __init__(
         self,
         runtime: HAProxyRuntime,
-        tritons: Mapping[str, TritonMetricsClient],
+        tritons: Mapping[str, MetricsClients],
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtime = runtime
-        self.tritons = dict(tritons)
+        self.tritons = {pool: _clients(clients) for pool, clients in tritons.items()}
         self.clock = clock
 
     def __call__(self, pool: str, models: Collection[str]) -> PoolSample:

@@ -66,7 +66,6 @@ def run_embedded(settings: Settings) -> None:
     # Until uvicorn installs its own handlers, SIGTERM must unwind like Ctrl-C so children are stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    pool_names = tuple(p.strip() for p in settings.pools.split(",") if p.strip())
     stopping = threading.Event()
 
     def before_stop() -> None:
@@ -77,16 +76,22 @@ def run_embedded(settings: Settings) -> None:
 
     started = time.monotonic()
     try:
-        with local_services(settings, pool_names=pool_names, before_stop=before_stop) as (stack, services):
+        with local_services(settings, before_stop=before_stop) as (stack, services):
             db = services.db
             weights = services.initial_weights
             for name, pool in stack.pools.items():
-                assert pool.process is not None
+                if pool.process is None:
+                    # Not ours to restart (external runtime): a restarted Triton reloads its repository.
+                    continue
                 pool.process.on_restart = lambda n=name: _reconcile_after_restart(
                     services.repair, n, stopping
                 )
-            for change in services.reconciler.run_once():
-                log.info("reconcile: %s", change)
+            try:
+                for change in services.reconciler.run_once():
+                    log.info("reconcile: %s", change)
+            except ControlPlaneError as exc:
+                # Tritons started beside us (compose) may still be starting: the reconciler loop retries.
+                log.warning("first reconcile pass: %s; the reconciler retries", exc.message)
             threading.Thread(
                 target=services.reconciler.run_forever, args=(stopping,), name="reconciler", daemon=True
             ).start()
@@ -109,6 +114,7 @@ def run_embedded(settings: Settings) -> None:
                     health=services.health,
                     engine=services.engine,
                     deployer=services.deployer,
+                    recycler=services.recycler,
                 ),
                 max_upload_bytes=settings.max_upload_bytes,
                 readiness=stack.readiness,

@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from controlplane.errors import StartupFailed
 from controlplane.procfs import PROC, read_cmdline, read_stat
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class SupervisedProcess:
         self._proc: ProcessHandle | None = None
         self._adopted: AdoptedProcess | None = None
         self._stopping = threading.Event()
+        self._restart_requested = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
 
@@ -362,15 +364,44 @@ class SupervisedProcess:
             if time.monotonic() - started > 30:
                 backoff = 0.5
             code = proc.exit_status()
-            how = f"exited with {code}" if code is not None else "(adopted) exited"
-            log.warning("%s %s; restarting in %.1f s", self.name, how, backoff)
-            if self._stopping.wait(backoff):
-                return
-            backoff = min(backoff * 2, self.max_backoff)
+            if self._restart_requested.is_set():
+                # Asked for (a recycle): no backoff, and no count against the next crash's backoff.
+                self._restart_requested.clear()
+                log.info("%s stopped for a restart; starting it again", self.name)
+            else:
+                how = f"exited with {code}" if code is not None else "(adopted) exited"
+                log.warning("%s %s; restarting in %.1f s", self.name, how, backoff)
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff)
             self.restarts += 1
             self._spawn()
             if self.on_restart is not None and not self._stopping.is_set():
                 threading.Thread(target=self.on_restart, name=f"restarted-{self.name}", daemon=True).start()
+
+    def restart(self) -> None:
+        """Replace the running process with a fresh one now; return once the new one has been started.
+
+        The current process gets the stop signal (SIGKILL after
+        ``stop_timeout``); the monitor starts the next one at once, with
+        cleanup and ``on_restart`` as after any exit. StartupFailed if no new
+        process appears within ``stop_timeout`` plus 10 s.
+        """
+        with self._lock:
+            proc = self._proc
+        if proc is None or self._stopping.is_set():
+            raise StartupFailed(f"{self.name} is not running: nothing to restart")
+        self._restart_requested.set()
+        if proc.running():
+            proc.send(self.stop_signal)
+            if not proc.wait(self.stop_timeout):
+                log.warning("%s did not stop in %.0f s; killing it", self.name, self.stop_timeout)
+                proc.send(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self._proc is proc:
+            if time.monotonic() > deadline or self._stopping.is_set():
+                raise StartupFailed(f"{self.name} was stopped for a restart but did not start again")
+            time.sleep(0.05)
 
     def _run_cleanup(self) -> None:
         if self.cleanup is None:

@@ -1,9 +1,9 @@
 """``runtime.json``: what the local runtime chose once and must choose the same way after a restart.
 
 The file lives in the state directory and remembers, per pool, the Triton
-ports, the shm prefix, the initial HAProxy weight and the admin key of its
-running tritonserver (a secret: the file is mode 0600), plus the proxy's
-bind address. It is what lets a restarted control plane recognise (and adopt) the
+ports of each replica, the shm prefix, the initial HAProxy weight and the
+admin key of its running tritonservers (a secret: the file is mode 0600),
+plus the proxy's bind address. It is what lets a restarted control plane recognise (and adopt) the
 tritonserver and haproxy processes a killed one left running, and lets
 clients keep using the same ports::
 
@@ -20,6 +20,15 @@ clients keep using the same ports::
       }
     }
 
+A pool of N > 1 replicas (``pool_replicas``) keeps replica 1's ports at the
+top of its entry, as above, and the others' in ``"extra_replicas"``
+(``[{"http_port": .., "grpc_port": .., "metrics_port": ..}, ...]`` for
+replicas 2..N). A one-replica pool has no such key, so a file written before
+replicas existed reads as one replica per pool, and such a pool writes the
+same bytes as then. All replicas of a pool share its admin key; replica i
+of N > 1 uses the shm prefix ``<shm_prefix>r<i>_`` (``PoolState.replica_shm_prefix``),
+so cleaning up after one replica never touches another's regions or stubs.
+
 Invariants:
 
 * Written only whole: a temporary file in the same directory, fsync, then
@@ -28,8 +37,8 @@ Invariants:
   (``ports_base`` set to other ports, or explicit ``initial_weights``);
   entries of pools a run did not ask for are kept, so their ports stay
   reserved for when they come back.
-* No two pools share a port, and no pool's shm prefix is a prefix of another
-  pool's (orphan cleanup matches by prefix).
+* No two replicas (of any pools) share a port, and no pool's shm prefix is a
+  prefix of another pool's (orphan cleanup matches by prefix).
 * A pool's admin key is made when its tritonserver starts fresh (not when
   one is adopted) and written here before that process starts, so a
   restarted control plane can talk to (and adopt) the Triton a killed one
@@ -45,7 +54,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -57,11 +66,26 @@ FORMAT = 1
 FILE_NAME = "runtime.json"
 DEFAULT_WEIGHT = 1
 MAX_WEIGHT = 256
+MAX_REPLICAS = 64
+
+
+@dataclass(frozen=True)
+class ReplicaPorts:
+    """The ports of one tritonserver of a pool."""
+
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        """(http, grpc, metrics)."""
+        return (self.http_port, self.grpc_port, self.metrics_port)
 
 
 @dataclass(frozen=True)
 class PoolState:
-    """What is remembered of one pool."""
+    """What is remembered of one pool: replica 1's ports, then the other replicas' (``extra_replicas``)."""
 
     http_port: int
     grpc_port: int
@@ -69,11 +93,34 @@ class PoolState:
     shm_prefix: str
     initial_weight: int = DEFAULT_WEIGHT
     admin_key: str = field(default="", repr=False)
+    extra_replicas: tuple[ReplicaPorts, ...] = ()
 
     @property
-    def ports(self) -> tuple[int, int, int]:
-        """(http, grpc, metrics)."""
-        return (self.http_port, self.grpc_port, self.metrics_port)
+    def replicas(self) -> tuple[ReplicaPorts, ...]:
+        """Every replica's ports, replica 1 first."""
+        return (ReplicaPorts(self.http_port, self.grpc_port, self.metrics_port), *self.extra_replicas)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port of every replica: (http, grpc, metrics) of replica 1, then of replica 2, ..."""
+        return tuple(port for replica in self.replicas for port in replica.ports)
+
+    def replica_shm_prefix(self, index: int) -> str:
+        """The shm prefix of replica ``index`` (1-based): the pool's own when it has one replica."""
+        if len(self.replicas) == 1:
+            return self.shm_prefix
+        return validate_shm_prefix(f"{self.shm_prefix}r{index}_")
+
+    def with_replicas(self, replicas: Sequence[ReplicaPorts]) -> PoolState:
+        """The same pool with these replicas' ports (at least one)."""
+        first, *rest = replicas
+        return replace(
+            self,
+            http_port=first.http_port,
+            grpc_port=first.grpc_port,
+            metrics_port=first.metrics_port,
+            extra_replicas=tuple(rest),
+        )
 
 
 @dataclass(frozen=True)
@@ -119,6 +166,7 @@ class RuntimeState:
                     shm_prefix=validate_shm_prefix(str(entry["shm_prefix"])),
                     initial_weight=_weight(entry.get("initial_weight", DEFAULT_WEIGHT)),
                     admin_key=_admin_key(entry.get("admin_key", "")),
+                    extra_replicas=_extra_replicas(entry.get("extra_replicas", [])),
                 )
                 for name, entry in dict(doc.get("pools") or {}).items()
             }
@@ -143,7 +191,22 @@ def _pool_doc(pool: PoolState) -> dict[str, object]:
     doc = dataclasses.asdict(pool)
     if not pool.admin_key:
         del doc["admin_key"]  # none yet: the file reads as before keys existed
+    if not pool.extra_replicas:
+        del doc["extra_replicas"]  # one replica: the file reads as before replicas existed
     return doc
+
+
+def _extra_replicas(value: object) -> tuple[ReplicaPorts, ...]:
+    if not isinstance(value, list) or len(value) >= MAX_REPLICAS:
+        raise ValueError(f"extra_replicas must be a list of fewer than {MAX_REPLICAS} entries")
+    return tuple(
+        ReplicaPorts(
+            http_port=_port(entry["http_port"]),
+            grpc_port=_port(entry["grpc_port"]),
+            metrics_port=_port(entry["metrics_port"]),
+        )
+        for entry in value
+    )
 
 
 def _port(value: object) -> int:
@@ -165,13 +228,21 @@ def _weight(value: object) -> int:
 
 
 def check_consistent(pools: Mapping[str, PoolState]) -> None:
-    """RuntimeStateError if two pools share a port or one shm prefix starts another."""
+    """RuntimeStateError if two replicas share a port or one pool's shm prefix starts another's."""
     seen: dict[int, str] = {}
     for name, pool in pools.items():
         for port in pool.ports:
             if port in seen:
-                raise RuntimeStateError(f"port {port} is used by pools {seen[port]} and {name}")
+                where = f"pools {seen[port]} and {name}"
+                if seen[port] == name:
+                    where = f"two replicas of pool {name}"
+                raise RuntimeStateError(f"port {port} is used by {where}")
             seen[port] = name
+        try:
+            for index in range(1, len(pool.replicas) + 1):
+                pool.replica_shm_prefix(index)
+        except ValueError as exc:
+            raise RuntimeStateError(f"pool {name}: {exc}") from None
     prefixes = sorted((p.shm_prefix, name) for name, p in pools.items())
     for (a, name_a), (b, name_b) in itertools.pairwise(prefixes):
         if b.startswith(a):
@@ -230,18 +301,24 @@ def plan_runtime(
     initial_weights: Mapping[str, int] | None = None,
     recovered: Mapping[str, PoolState] | None = None,
     free_ports: Callable[[int, frozenset[int]], list[int]],
+    replicas: int = 1,
 ) -> RuntimeState:
     """The state to run with: ``previous`` kept where possible, the rest filled in (pure).
 
-    Per requested pool, ports come from (first that applies): ``ports_base``
-    (``ports_base + 3*i .. +2`` for the i-th pool: an explicit setting wins),
-    the previous entry, ``recovered`` (read from a live process of ours whose
-    entry was lost), or ``free_ports(n, exclude)``. The shm prefix is kept
-    from the previous (or recovered) entry. The initial weight is
+    Every requested pool gets ``replicas`` replicas. Per replica, ports come
+    from (first that applies): ``ports_base`` (``ports_base + 3*(i*R + j) ..
+    +2`` for replica j (from 0) of the i-th pool with R replicas each: an
+    explicit setting wins), the previous entry's replica j, ``recovered``
+    (read from live processes of ours whose entry was lost), or
+    ``free_ports(n, exclude)``. A previous entry with more replicas loses
+    the extra ones (their ports are free again). The shm prefix is kept from
+    the previous (or recovered) entry. The initial weight is
     ``initial_weights[pool]`` when given, else the previous one, else 1, so a
     caller that never passes weights renders the same proxy config on every
     start.
     """
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be in 1..{MAX_REPLICAS}, got {replicas}")
     previous = previous or RuntimeState()
     recovered = recovered or {}
     if initial_weights is not None:
@@ -251,31 +328,35 @@ def plan_runtime(
         for weight in initial_weights.values():
             _weight(weight)
     pools: dict[str, PoolState] = {n: p for n, p in previous.pools.items() if n not in pool_names}
-    chosen: dict[str, PoolState | None] = {}
+    # Per pool: its kept entry (or None) and the ports of each replica (None: to be chosen).
+    kept: dict[str, PoolState | None] = {}
+    chosen: dict[str, list[ReplicaPorts | None]] = {}
     for i, name in enumerate(pool_names):
         entry = previous.pools.get(name) or recovered.get(name)
+        known: list[ReplicaPorts | None] = list(entry.replicas[:replicas]) if entry else []
+        known += [None] * (replicas - len(known))
         if ports_base:
-            http, grpc, metrics = ports_base + 3 * i, ports_base + 3 * i + 1, ports_base + 3 * i + 2
-            if entry is None or entry.ports != (http, grpc, metrics):
-                entry = PoolState(
-                    http_port=http,
-                    grpc_port=grpc,
-                    metrics_port=metrics,
-                    shm_prefix=entry.shm_prefix if entry else "",
-                    initial_weight=entry.initial_weight if entry else DEFAULT_WEIGHT,
-                )
-        chosen[name] = entry
-    in_use = {port for p in [*pools.values(), *chosen.values()] if p is not None for port in p.ports}
-    missing = [name for name, entry in chosen.items() if entry is None]
-    fresh = iter(free_ports(3 * len(missing), frozenset(in_use)) if missing else [])
-    for name in missing:
-        chosen[name] = PoolState(
-            http_port=next(fresh), grpc_port=next(fresh), metrics_port=next(fresh), shm_prefix=""
-        )
-    prefixes = [p.shm_prefix for p in [*pools.values(), *chosen.values()] if p is not None and p.shm_prefix]
+            first = ports_base + 3 * i * replicas
+            known = [ReplicaPorts(*range(first + 3 * j, first + 3 * j + 3)) for j in range(replicas)]
+            if entry is not None and list(entry.replicas) != known:
+                # Other ports: what ran there is replaced, with a key of its own.
+                entry = PoolState(1, 1, 1, shm_prefix=entry.shm_prefix, initial_weight=entry.initial_weight)
+        kept[name] = entry
+        chosen[name] = known
+    in_use = {port for p in pools.values() for port in p.ports} | {
+        port for ports in chosen.values() for r in ports if r is not None for port in r.ports
+    }
+    missing = sum(1 for ports in chosen.values() for r in ports if r is None)
+    fresh = iter(free_ports(3 * missing, frozenset(in_use)) if missing else [])
+    planned: dict[str, PoolState] = {}
     for name in pool_names:
-        entry = chosen[name]
-        assert entry is not None
+        ports = [r or ReplicaPorts(next(fresh), next(fresh), next(fresh)) for r in chosen[name]]
+        entry = kept[name]
+        base = entry or PoolState(http_port=1, grpc_port=1, metrics_port=1, shm_prefix="")
+        planned[name] = base.with_replicas(ports)
+    prefixes = [p.shm_prefix for p in [*pools.values(), *planned.values()] if p.shm_prefix]
+    for name in pool_names:
+        entry = planned[name]
         if not entry.shm_prefix:
             prefix = shm_prefix_for(tag, name, prefixes)
             prefixes.append(prefix)

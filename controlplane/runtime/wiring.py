@@ -1,40 +1,92 @@
-"""The composition root: the registry, the local stack and the services around it.
+"""The composition root: the registry, the serving stack and the services around it.
 
 ``local_services`` is the one place that starts them, for ``controlplane up``,
 the benchmarks and the tests alike: the schema is migrated (when the settings
 allow) and checked before anything starts, the stack starts at the weights the
 registry holds, and on exit the rollout workers stop before the stack and the
-database.
+database. The stack is the embedded one (``runtime.local``: tritonserver and
+haproxy started here) or, with ``runtime=external``, Tritons and a proxy that
+something else runs (``runtime.external``, docker compose); the services
+cannot tell them apart (``ServingStack``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.artifacts.signatures import TrustedSigners
 from controlplane.claims import PoolClaims
 from controlplane.domain.policy import SignaturePolicy
+from controlplane.domain.recycling import RecyclePolicy
+from controlplane.errors import StartupFailed
 from controlplane.pools import Pool
 from controlplane.registry import rollout_store
 from controlplane.registry.db import Database
 from controlplane.rollout.engine import EngineSettings, RolloutEngine
 from controlplane.rollout.reconciler import Reconciler
 from controlplane.rollout.sampling import PoolSampler
+from controlplane.runtime.external import ExternalStack, TritonPorts, parse_pools
 from controlplane.runtime.local import LocalStack
+from controlplane.runtime.process import SupervisedProcess
+from controlplane.runtime.recycling import DockerPoolProcesses, SupervisedPoolProcesses
 from controlplane.services.deploys import Deployer
 from controlplane.services.health import Health
+from controlplane.services.recycle import PoolProcesses, PoolRecycler
 from controlplane.services.registry import Registry
 from controlplane.services.repair import PoolRepair
 from controlplane.services.signing import Signing
 from controlplane.settings import Settings
+from controlplane.staging.repository import PoolRepository
+from controlplane.traffic.haproxy import HAProxyRuntime
 from controlplane.traffic.router import HAProxyRouter
 from controlplane.triton.client import TritonClient
 from controlplane.triton.metrics import TritonMetricsClient
+from controlplane.triton.replicas import ReplicatedTriton
+
+
+class StackPool(Protocol):
+    """One pool of a serving stack, as the services see it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def repository(self) -> PoolRepository: ...
+    @property
+    def grpc_url(self) -> str: ...
+    @property
+    def metrics_url(self) -> str: ...
+    @property
+    def grpc_urls(self) -> list[str]:
+        """Every replica's own gRPC address, replica 1 first (``grpc_url`` is replica 1's)."""
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every replica's metrics endpoint, in the same order."""
+    @property
+    def admin_headers(self) -> dict[str, str]: ...
+    @property
+    def process(self) -> SupervisedProcess | None:
+        """The first replica's supervised tritonserver, where the control plane runs it."""
+    @property
+    def processes(self) -> list[SupervisedProcess]:
+        """Every replica's supervised tritonserver, where the control plane runs them."""
+
+
+class ServingStack(Protocol):
+    """Triton pools and the proxy in front of them, started here or elsewhere."""
+
+    @property
+    def pools(self) -> Mapping[str, StackPool]: ...
+    @property
+    def runtime(self) -> HAProxyRuntime: ...
+    def start(self, *, timeout: float = ...) -> None: ...
+    def readiness(self) -> dict[str, str]: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -53,6 +105,7 @@ class Services:
     engine: RolloutEngine
     router: HAProxyRouter
     reconciler: Reconciler
+    recycler: PoolRecycler
     # The pools' weights the registry held at start, which the proxy was set to.
     initial_weights: dict[str, int] = field(default_factory=dict)
 
@@ -90,12 +143,17 @@ def trusted_signers(settings: Settings) -> TrustedSigners:
 
 
 def build_services(
-    settings: Settings, db: Database, stack: LocalStack, *, initial_weights: dict[str, int] | None = None
+    settings: Settings, db: Database, stack: ServingStack, *, initial_weights: dict[str, int] | None = None
 ) -> Services:
     """Wire the service layer, the rollout engine and the reconciler to ``stack``."""
     pools = {
         name: Pool(
-            name=name, repository=p.repository, triton=TritonClient(p.grpc_url, headers=p.admin_headers)
+            name=name,
+            repository=p.repository,
+            triton=ReplicatedTriton(
+                [TritonClient(url, headers=p.admin_headers) for url in p.grpc_urls],
+                staged_root=p.repository.live,
+            ),
         )
         for name, p in stack.pools.items()
     }
@@ -126,7 +184,7 @@ def build_services(
     router = HAProxyRouter(stack.runtime)
     sampler = PoolSampler(
         stack.runtime,
-        {name: TritonMetricsClient(p.metrics_url) for name, p in stack.pools.items()},
+        {name: [TritonMetricsClient(url) for url in p.metrics_urls] for name, p in stack.pools.items()},
     )
     engine = RolloutEngine(
         db=db,
@@ -143,7 +201,23 @@ def build_services(
     repair = PoolRepair(
         db=db, blobs=blobs, pools=pools, claims=claims, load_timeout=settings.load_timeout_seconds
     )
-    reconciler = Reconciler(repair=repair, engine=engine, router=router)
+    recycler = PoolRecycler(
+        db=db,
+        pools=pools,
+        claims=claims,
+        repair=repair,
+        processes=pool_processes(settings, stack),
+        ready_timeout=settings.load_timeout_seconds,
+    )
+    reconciler = Reconciler(
+        repair=repair,
+        engine=engine,
+        router=router,
+        recycler=recycler,
+        recycle_policy=RecyclePolicy(
+            after_loads=settings.recycle_after_loads, above_bytes=settings.recycle_above_bytes
+        ),
+    )
     # A rollout or deploy may change a pool's release: the standby follows at the next pass, which is now.
     engine.after_end = reconciler.wake
     return Services(
@@ -160,43 +234,99 @@ def build_services(
         engine=engine,
         router=router,
         reconciler=reconciler,
+        recycler=recycler,
         initial_weights=dict(initial_weights or {}),
     )
+
+
+def pool_processes(settings: Settings, stack: ServingStack) -> PoolProcesses:
+    """How this runtime restarts and measures a pool's Tritons (for recycling)."""
+    if settings.runtime == "external":
+        return DockerPoolProcesses(external_pools(settings))
+
+    def supervised(pool: str) -> list[SupervisedProcess]:
+        return list(stack.pools[pool].processes)
+
+    return SupervisedPoolProcesses(supervised)
+
+
+def make_stack(settings: Settings, pool_names: tuple[str, ...], weights: Mapping[str, int]) -> ServingStack:
+    """The stack the settings ask for, not started; ``pool_names`` serve the embedded runtime."""
+    if settings.runtime == "external":
+        return ExternalStack(
+            settings.state_dir,
+            pools=external_pools(settings),
+            host=settings.host,
+            grpc_port=settings.grpc_port,
+            http_port=settings.http_port,
+            admin_key_file=settings.triton_admin_key_file or settings.state_dir / "triton-admin-key",
+            proxy_config_file=settings.proxy_config_file or settings.state_dir / "proxy" / "haproxy.cfg",
+            admin_socket=settings.proxy_admin_socket or settings.state_dir / "proxy" / "admin.sock",
+            ports=TritonPorts(
+                grpc=settings.external_triton_grpc_port,
+                http=settings.external_triton_http_port,
+                metrics=settings.external_triton_metrics_port,
+            ),
+            initial_weights=weights,
+            dns_resolver=_host_port(settings.proxy_dns_resolver) if settings.proxy_dns_resolver else None,
+        )
+    return LocalStack(
+        settings.state_dir,
+        host=settings.host,
+        grpc_port=settings.grpc_port,
+        http_port=settings.http_port,
+        pool_names=pool_names,
+        ports_base=settings.triton_ports_base,
+        initial_weights=weights,
+        triton_user=settings.triton_user,
+        pool_replicas=settings.pool_replicas,
+    )
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _sep, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise StartupFailed(f"CONTROLPLANE_PROXY_DNS_RESOLVER must be host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def external_pools(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """The external runtime's pools and their replicas; StartupFailed names what is wrong."""
+    try:
+        return parse_pools(settings.external_pools)
+    except ValueError as exc:
+        raise StartupFailed(f"CONTROLPLANE_EXTERNAL_POOLS: {exc}") from None
 
 
 @contextmanager
 def local_services(
     settings: Settings,
     *,
-    pool_names: tuple[str, ...],
+    pool_names: tuple[str, ...] | None = None,
     before_stop: Callable[[], None] | None = None,
-) -> Iterator[tuple[LocalStack, Services]]:
-    """A migrated registry, the local stack at its desired weights, and the services around it.
+) -> Iterator[tuple[ServingStack, Services]]:
+    """A migrated registry, the stack at its desired weights, and the services around it.
 
-    The schema is upgraded first when ``settings.auto_migrate`` (the default),
-    and must be current either way. Everything started here is stopped on exit
-    (also when start-up is interrupted): ``before_stop`` first, then the
-    reconciler is woken and the rollout workers stop, then the stack, then the
-    database connections.
+    ``pool_names`` default to the settings' (``external_pools`` for the
+    external runtime). The schema is upgraded first when
+    ``settings.auto_migrate`` (the default), and must be current either way.
+    Everything started here is stopped on exit (also when start-up is
+    interrupted): ``before_stop`` first, then the reconciler is woken and the
+    rollout workers stop, then the stack, then the database connections.
     """
+    if pool_names is None:
+        pool_names = (
+            tuple(external_pools(settings)) if settings.runtime == "external" else settings.pool_names
+        )
     db = Database(settings.effective_database_url)
     services: Services | None = None
-    stack: LocalStack | None = None
+    stack: ServingStack | None = None
     try:
         if settings.auto_migrate:
             db.upgrade()
         db.check_schema()
         weights = ensure_pool_rows(db, pool_names)
-        stack = LocalStack(
-            settings.state_dir,
-            host=settings.host,
-            grpc_port=settings.grpc_port,
-            http_port=settings.http_port,
-            pool_names=pool_names,
-            ports_base=settings.triton_ports_base,
-            initial_weights=weights,
-            triton_user=settings.triton_user,
-        )
+        stack = make_stack(settings, pool_names, weights)
         stack.start()
         services = build_services(settings, db, stack, initial_weights=weights)
         # Already the proxy's weights unless its configuration was rendered elsewhere: then this corrects it.

@@ -111,6 +111,10 @@ class PoolRepair:
         finally:
             self.claims.done(holder)
 
+    def repair_claimed(self, pool: Pool) -> list[str]:
+        """Repair ``pool``, whose claim the caller holds (a recycle); return what changed."""
+        return self._repair(pool)
+
     def _repair(self, pool: Pool) -> list[str]:
         """Find where ``pool`` differs from its recorded release and repair it.
 
@@ -131,7 +135,8 @@ class PoolRepair:
                 for d in store.list_deployments(session, pool=pool.name)
             }
         loaded = pool.triton.repository_index()
-        ready = {s.name for s in loaded if s.state == "READY"}
+        # Not the merged index: a model READY on one replica only is loaded there all the same.
+        ready = pool.triton.ready_anywhere()
         folders = set(pool.repository.live_models())
         for name in sorted((ready | folders) - set(wanted)):
             if name in folders:

@@ -43,9 +43,11 @@ from controlplane.traffic.haproxy_config import (
     POOL_BACKENDS,
     PoolEndpoint,
     ProxyConfig,
+    ReplicaEndpoint,
     is_standby,
     pool_of_server,
     render_config,
+    replica_server_names,
     standby_name,
 )
 from controlplane.traffic.haproxy_runtime import (
@@ -71,6 +73,7 @@ __all__ = [
     "HAProxyRuntime",
     "PoolEndpoint",
     "ProxyConfig",
+    "ReplicaEndpoint",
     "ServerState",
     "StatRow",
     "TableEntry",
@@ -84,6 +87,7 @@ __all__ = [
     "parse_table",
     "pool_of_server",
     "render_config",
+    "replica_server_names",
     "standby_name",
 ]
 

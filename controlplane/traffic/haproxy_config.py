@@ -8,8 +8,20 @@ two frontends:
 * an HTTP frontend whose backend ``triton_http`` speaks HTTP/1.1 to each pool's
   HTTP port.
 
-A server keeps the pool's name in both backends, so one runtime command per
-backend moves a pool's traffic (see ``haproxy_runtime.HAProxyRuntime``).
+A pool is one or more Triton replicas (``PoolEndpoint.replicas``), each a
+server in both backends with its own health check. A one-replica pool's
+server is named after the pool (``blue``), so a proxy rendered before pools
+had replicas reads the same; in a pool of N > 1 replicas they are
+``<pool>_r1`` .. ``<pool>_rN``. ``pool_of_server`` maps every server name
+(replica or standby) back to its pool, which is why pool names ending in
+``_r<digits>`` or ``_standby`` are refused. Runtime commands find a pool's
+servers by that mapping (see ``haproxy_runtime.HAProxyRuntime``).
+
+HAProxy balances by server weight, so a pool of N replicas at weight W
+draws N*W: the pools' weights keep their meaning (a share of the traffic)
+only when every pool has the same number of replicas, which ``ProxyConfig``
+requires. Within a pool every replica gets the pool's weight (round robin
+among them).
 
 Invariants the rendered text keeps (unit tests assert each one):
 
@@ -20,9 +32,9 @@ Invariants the rendered text keeps (unit tests assert each one):
   the patterns do not match exactly) gets a gRPC ``PERMISSION_DENIED`` or an
   HTTP 403 in Triton's error shape. Only the control plane, talking to Triton
   directly, reaches the rest of Triton's API.
-* Each pool has a second server in each backend, ``<pool>_standby``: a
-  ``backup`` that tracks the pool's server (same health, same admin state) with
-  a fixed weight. HAProxy turns to backups only when no weighted server is
+* Each replica server has a second server in each backend, its standby
+  (``blue_standby``, ``blue_r1_standby``): a ``backup`` that tracks it (same
+  health, same admin state) with a fixed weight. HAProxy turns to backups only when no weighted server is
   usable, and a server at weight 0 is not usable, so when the pools with
   traffic die the warm pools at weight 0 take it. ``observe layer4`` marks a
   server DOWN at its first connection error instead of after ``fall`` checks,
@@ -43,6 +55,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -96,6 +109,7 @@ PROXY_CHUNKED_MESSAGE = "chunked request bodies are not accepted through the pro
 # gRPC status code PERMISSION_DENIED.
 GRPC_PERMISSION_DENIED = 7
 
+DNS_RESOLVERS = "pool_hosts"
 STANDBY_SUFFIX = "_standby"
 # A backup server takes traffic only while no weighted server is usable; its
 # weight shares that traffic among the standbys (option allbackups).
@@ -107,8 +121,12 @@ OBSERVE_ERROR_LIMIT = 1
 
 MAX_WEIGHT = 256
 MAX_NAME_LEN = 32
-# Server names: a pool's name or its standby's.
-MAX_SERVER_NAME_LEN = MAX_NAME_LEN + len(STANDBY_SUFFIX)
+# Replica servers of a pool of several: <pool>_r1 .. <pool>_rN.
+REPLICA_INFIX = "_r"
+MAX_REPLICAS = 64
+# Server names: a pool's name, a replica's, or the standby of either.
+MAX_SERVER_NAME_LEN = MAX_NAME_LEN + len(f"{REPLICA_INFIX}{MAX_REPLICAS}") + len(STANDBY_SUFFIX)
+_REPLICA_SUFFIX_RE = re.compile(rf"{REPLICA_INFIX}[0-9]+\Z")
 # The stick table stores server names; keep room above MAX_NAME_LEN.
 _TABLE_KEY_LEN = 64
 # sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -138,14 +156,36 @@ def validate_name(value: object, what: str = "name", *, max_len: int = MAX_NAME_
     return value
 
 
-def standby_name(pool: str) -> str:
-    """Return the name of ``pool``'s standby (backup) server in each pool backend."""
-    return validate_name(pool, "pool") + STANDBY_SUFFIX
+def standby_name(server: str) -> str:
+    """Return the name of the standby (backup) server of ``server`` (a one-replica pool's: the pool's)."""
+    return validate_name(server, "server", max_len=MAX_SERVER_NAME_LEN - len(STANDBY_SUFFIX)) + STANDBY_SUFFIX
+
+
+def replica_server_names(pool: str, replicas: int) -> tuple[str, ...]:
+    """The server names of ``pool``'s replicas: ``(pool,)`` for one, else ``pool_r1 .. pool_rN``."""
+    validate_name(pool, "pool")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"a pool has 1..{MAX_REPLICAS} replicas, got {replicas}")
+    if replicas == 1:
+        return (pool,)
+    return tuple(f"{pool}{REPLICA_INFIX}{i}" for i in range(1, replicas + 1))
 
 
 def pool_of_server(server: str) -> str:
-    """Return the pool a server belongs to: its own name, or the pool whose standby it is."""
-    return server.removesuffix(STANDBY_SUFFIX)
+    """Return the pool a server belongs to: a replica's pool, or the pool of the replica a standby tracks."""
+    return _REPLICA_SUFFIX_RE.sub("", server.removesuffix(STANDBY_SUFFIX))
+
+
+def validate_pool_name(value: object) -> str:
+    """A pool name whose servers' names map back to it alone (``pool_of_server``); ValueError otherwise."""
+    name = validate_name(value, "pool name")
+    if is_standby(name):
+        # Its standby's name would collide with another pool's server names.
+        raise ValueError(f"pool name must not end with {STANDBY_SUFFIX!r}, got {name!r}")
+    if _REPLICA_SUFFIX_RE.search(name):
+        # "blue_r1" would be replica 1 of pool "blue".
+        raise ValueError(f"pool name must not end with {REPLICA_INFIX!r} and digits, got {name!r}")
+    return name
 
 
 def is_standby(server: str) -> bool:
@@ -223,24 +263,78 @@ def format_address(host: str, port: int) -> str:
 
 
 @dataclass(frozen=True)
+class ReplicaEndpoint:
+    """One Triton replica of a pool: where its gRPC and HTTP ports are."""
+
+    host: str
+    grpc_port: int
+    http_port: int
+
+    def __post_init__(self) -> None:
+        validate_host(self.host, "replica host")
+        validate_port(self.grpc_port, f"replica {self.host} grpc_port")
+        validate_port(self.http_port, f"replica {self.host} http_port")
+
+
+@dataclass(frozen=True)
 class PoolEndpoint:
-    """One Triton pool as seen by the proxy: where its gRPC and HTTP ports are, and its weight."""
+    """One Triton pool as seen by the proxy: its replicas' gRPC and HTTP ports, and its weight.
+
+    ``host``, ``grpc_port`` and ``http_port`` are the first replica's;
+    ``replicas`` lists every replica, that one first, and defaults to it
+    alone, so ``PoolEndpoint(name, host, grpc_port, http_port, weight)`` is
+    a one-replica pool (``PoolEndpoint.of_replicas`` builds one of several).
+    Every replica server gets the pool's ``weight``.
+    """
 
     name: str
     host: str
     grpc_port: int
     http_port: int
     weight: int
+    replicas: tuple[ReplicaEndpoint, ...] = ()
 
     def __post_init__(self) -> None:
-        validate_name(self.name, "pool name")
-        if is_standby(self.name):
-            # Its standby's name would collide with another pool's server names.
-            raise ValueError(f"pool name must not end with {STANDBY_SUFFIX!r}, got {self.name!r}")
+        validate_pool_name(self.name)
         validate_host(self.host, f"pool {self.name} host")
         validate_port(self.grpc_port, f"pool {self.name} grpc_port")
         validate_port(self.http_port, f"pool {self.name} http_port")
         validate_weight(self.weight)
+        first = ReplicaEndpoint(self.host, self.grpc_port, self.http_port)
+        replicas = tuple(self.replicas) if isinstance(self.replicas, (list, tuple)) else self.replicas
+        if not isinstance(replicas, tuple) or not all(isinstance(r, ReplicaEndpoint) for r in replicas):
+            raise ValueError(f"pool {self.name} replicas must be ReplicaEndpoint objects, got {replicas!r}")
+        if not replicas:
+            replicas = (first,)
+        if replicas[0] != first:
+            raise ValueError(f"pool {self.name}: host and ports must be the first replica's, {replicas[0]}")
+        if len(replicas) > MAX_REPLICAS:
+            raise ValueError(f"pool {self.name} has {len(replicas)} replicas, at most {MAX_REPLICAS}")
+        for kind in ("grpc_port", "http_port"):
+            addresses = [(r.host, getattr(r, kind)) for r in replicas]
+            if len(set(addresses)) != len(addresses):
+                raise ValueError(f"pool {self.name}: two replicas share a {kind.split('_')[0]} address")
+        object.__setattr__(self, "replicas", replicas)
+
+    @classmethod
+    def of_replicas(cls, name: str, replicas: tuple[ReplicaEndpoint, ...], weight: int) -> PoolEndpoint:
+        """A pool of ``replicas`` (at least one), each at ``weight``."""
+        if not replicas:
+            raise ValueError(f"pool {name} needs at least one replica")
+        first = replicas[0]
+        return cls(name, first.host, first.grpc_port, first.http_port, weight, tuple(replicas))
+
+    @classmethod
+    def of_hosts(
+        cls, name: str, hosts: Sequence[str], grpc_port: int, http_port: int, weight: int
+    ) -> PoolEndpoint:
+        """A pool whose replicas all listen on the same ports, one per host (containers, say)."""
+        return cls.of_replicas(name, tuple(ReplicaEndpoint(h, grpc_port, http_port) for h in hosts), weight)
+
+    @property
+    def servers(self) -> tuple[tuple[str, ReplicaEndpoint], ...]:
+        """(server name, replica) for each replica, in order."""
+        return tuple(zip(replica_server_names(self.name, len(self.replicas)), self.replicas, strict=True))
 
 
 @dataclass(frozen=True)
@@ -264,6 +358,13 @@ class ProxyConfig:
     ``/v2/health/live`` only catches dead servers, leaving model readiness to
     the control plane's weights.
     """
+    dns_resolver: tuple[str, int] | None = None
+    """A DNS server that names the pools' hosts (a container engine's, 127.0.0.11:53).
+
+    Set, the proxy starts even while a pool's host does not resolve yet (that
+    server stays down until it does) and follows a host's new address when
+    its container is recreated; unset, every host must resolve at start.
+    """
     strip_request_headers: tuple[str, ...] = ()
     """Request headers removed on both frontends before anything reaches Triton.
 
@@ -278,6 +379,8 @@ class ProxyConfig:
         if self.stats_bind is not None:
             _validate_bind(self.stats_bind, "stats_bind")
             binds.append(self.stats_bind)
+        if self.dns_resolver is not None:
+            _validate_bind(self.dns_resolver, "dns_resolver")
         if len(set(binds)) != len(binds):
             raise ValueError(f"grpc_bind, http_bind and stats_bind must differ, got {binds}")
         _validate_path(self.admin_socket, "admin_socket", unix_socket=True)
@@ -296,6 +399,10 @@ class ProxyConfig:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")
+        counts = {p.name: len(p.replicas) for p in self.pools}
+        if len(set(counts.values())) != 1:
+            # HAProxy shares traffic by server weight: a pool of N servers draws N times its weight.
+            raise ValueError(f"every pool must have the same number of replicas, got {counts}")
         if isinstance(self.strip_request_headers, list):
             object.__setattr__(self, "strip_request_headers", tuple(self.strip_request_headers))
         if not isinstance(self.strip_request_headers, tuple):
@@ -311,25 +418,32 @@ _OBSERVE = f"observe layer4 error-limit {OBSERVE_ERROR_LIMIT} on-error mark-down
 
 
 def _grpc_server_lines(pool: PoolEndpoint) -> list[str]:
-    address = format_address(pool.host, pool.grpc_port)
-    # check-proto h1 matters: without it the check inherits "proto h2" from the
-    # server and speaks HTTP/2 to Triton's HTTP/1.1-only port, which fails every
-    # check (seen here as "Layer7 timeout", the whole backend DOWN).
-    return [
-        f"    server {pool.name} {address} proto h2 weight {pool.weight}"
-        f" check check-proto h1 port {pool.http_port} inter 500 fall 2 rise 2 {_OBSERVE}",
-        f"    server {standby_name(pool.name)} {address} proto h2 weight {STANDBY_WEIGHT}"
-        f" backup track {GRPC_BACKEND}/{pool.name}",
-    ]
+    lines: list[str] = []
+    for server, replica in pool.servers:
+        address = format_address(replica.host, replica.grpc_port)
+        # The check goes to the HTTP port of the replica's own address (``addr`` stays the server's).
+        # check-proto h1 matters: without it the check inherits "proto h2" from the
+        # server and speaks HTTP/2 to Triton's HTTP/1.1-only port, which fails every
+        # check (seen here as "Layer7 timeout", the whole backend DOWN).
+        lines += [
+            f"    server {server} {address} proto h2 weight {pool.weight}"
+            f" check check-proto h1 port {replica.http_port} inter 500 fall 2 rise 2 {_OBSERVE}",
+            f"    server {standby_name(server)} {address} proto h2 weight {STANDBY_WEIGHT}"
+            f" backup track {GRPC_BACKEND}/{server}",
+        ]
+    return lines
 
 
 def _http_server_lines(pool: PoolEndpoint) -> list[str]:
-    address = format_address(pool.host, pool.http_port)
-    return [
-        f"    server {pool.name} {address} weight {pool.weight} {_CHECK} {_OBSERVE}",
-        f"    server {standby_name(pool.name)} {address} weight {STANDBY_WEIGHT}"
-        f" backup track {HTTP_BACKEND}/{pool.name}",
-    ]
+    lines: list[str] = []
+    for server, replica in pool.servers:
+        address = format_address(replica.host, replica.http_port)
+        lines += [
+            f"    server {server} {address} weight {pool.weight} {_CHECK} {_OBSERVE}",
+            f"    server {standby_name(server)} {address} weight {STANDBY_WEIGHT}"
+            f" backup track {HTTP_BACKEND}/{server}",
+        ]
+    return lines
 
 
 def _grpc_allowlist(cfg: ProxyConfig) -> list[str]:
@@ -413,6 +527,11 @@ def render_config(cfg: ProxyConfig) -> str:
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout",
+        *(
+            [f"    default-server init-addr last,libc,none resolvers {DNS_RESOLVERS} resolve-prefer ipv4"]
+            if cfg.dns_resolver is not None
+            else []
+        ),
         "",
         f"frontend {GRPC_FRONTEND}",
         f"    bind {grpc_addr} proto h2",
@@ -452,6 +571,15 @@ def render_config(cfg: ProxyConfig) -> str:
         # No expire: counters live as long as the process, so readers diff them.
         f"    stick-table type string len {_TABLE_KEY_LEN} size 1k store http_req_cnt",
     ]
+    if cfg.dns_resolver is not None:
+        lines += [
+            "",
+            f"resolvers {DNS_RESOLVERS}",
+            f"    nameserver dns1 {format_address(*cfg.dns_resolver)}",
+            "    hold valid 5s",
+            "    resolve_retries 3",
+            "    timeout retry 1s",
+        ]
     if cfg.stats_bind is not None:
         lines += [
             "",

@@ -4,8 +4,10 @@ One AF_UNIX connection per command: in non-interactive mode HAProxy answers
 one command line and closes the connection, so there is no session state to
 share and instances of ``HAProxyRuntime`` are safe to use from several threads.
 HAProxy applies each runtime command atomically, but a pool spans two backends
-(gRPC and HTTP): ``set_pool_weight`` and ``set_pool_state`` are two commands,
-and a reader may observe the first applied and not the second for a moment.
+(gRPC and HTTP) and one server per replica in each: ``set_pool_weight`` and
+``set_pool_state`` are one command per server (the pool's servers found in
+``show servers state`` by ``pool_of_server``, not assumed), and a reader may
+observe some applied and not the others for a moment.
 
 Runtime changes (weights, states) live in the running process only: a restart
 or reload returns to the weights of the rendered configuration. The reconciler
@@ -23,7 +25,7 @@ import io
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -35,7 +37,6 @@ from controlplane.traffic.haproxy_config import (
     POOL_BACKENDS,
     is_standby,
     pool_of_server,
-    standby_name,
     validate_name,
     validate_weight,
 )
@@ -370,34 +371,56 @@ class HAProxyRuntime:
             raise ValueError(f"state must be one of {_ADMIN_STATES}, got {state!r}")
         self._set(f"set server {backend}/{server} state {state}")
 
-    def _each_backend(self, what: str, apply: Callable[[str], None]) -> None:
-        done: list[str] = []
-        for backend in self.backends:
-            try:
-                apply(backend)
-            except ProxyError as exc:
-                if done:
-                    # Say which backends already changed: the pool is now split.
-                    raise ProxyError(
-                        f"{exc.message} (after {what} was applied to {', '.join(done)})",
-                        details={**(exc.details or {}), "applied_to": done},
-                    ) from exc
-                raise
-            done.append(backend)
+    def pool_servers(self, pool: str) -> dict[str, list[str]]:
+        """The replica servers of ``pool`` in each pool backend, from ``show servers state``.
 
-    def set_pool_weight(self, pool: str, weight: int) -> None:
-        """Set a pool's weight in every pool backend (gRPC and HTTP)."""
-        validate_name(pool, "pool")
-        validate_weight(weight)
-        self._each_backend(f"weight {weight}", lambda b: self.set_weight(b, pool, weight))
-
-    def set_pool_state(self, pool: str, state: AdminState) -> None:
-        """Set a pool's admin state in every pool backend (gRPC and HTTP).
-
-        The pool's standby tracks the pool's server, so it inherits the state.
+        Standbys are left out (they track their replica). ProxyError when a
+        backend has none: the pool is unknown to this proxy.
         """
         validate_name(pool, "pool")
-        self._each_backend(f"state {state}", lambda b: self.set_state(b, pool, state))
+        found: dict[str, list[str]] = {b: [] for b in self.backends}
+        for state in self.servers_state():
+            if state.backend in found and not state.standby and state.pool == pool:
+                found[state.backend].append(state.name)
+        missing = [b for b, servers in found.items() if not servers]
+        if missing:
+            raise ProxyError(
+                f"no server of pool {pool!r} in backend(s) {', '.join(missing)} of the proxy",
+                details={"pool": pool, "missing_backends": missing, "socket": str(self.socket_path)},
+            )
+        return found
+
+    def _each_server(self, pool: str, what: str, apply: Callable[[str, str], None]) -> None:
+        done: list[str] = []
+        for backend, servers in self.pool_servers(pool).items():
+            for server in servers:
+                try:
+                    apply(backend, server)
+                except ProxyError as exc:
+                    if done:
+                        # Say which servers already changed: the pool is now split.
+                        raise ProxyError(
+                            f"{exc.message} (after {what} was applied to {', '.join(done)})",
+                            details={**(exc.details or {}), "applied_to": done},
+                        ) from exc
+                    raise
+                done.append(f"{backend}/{server}")
+
+    def set_pool_weight(self, pool: str, weight: int) -> None:
+        """Set the weight of every replica server of ``pool`` in every pool backend (gRPC and HTTP)."""
+        validate_name(pool, "pool")
+        validate_weight(weight)
+        self._each_server(pool, f"weight {weight}", lambda b, s: self.set_weight(b, s, weight))
+
+    def set_pool_state(self, pool: str, state: AdminState) -> None:
+        """Set the admin state of every replica server of ``pool`` in every pool backend.
+
+        Each replica's standby tracks it, so it inherits the state.
+        """
+        validate_name(pool, "pool")
+        if state not in _ADMIN_STATES:
+            raise ValueError(f"state must be one of {_ADMIN_STATES}, got {state!r}")
+        self._each_server(pool, f"state {state}", lambda b, s: self.set_state(b, s, state))
 
     def servers_state(self, backend: str | None = None) -> list[ServerState]:
         """Return the servers of ``backend`` (all backends if None) from ``show servers state``."""
@@ -444,7 +467,18 @@ class HAProxyRuntime:
         the server fails no request. Raises ProxyError on timeout, naming the
         requests still in flight.
         """
-        self._wait_idle([(backend, server)], timeout, poll_interval, clock, sleep)
+        wanted = (
+            validate_name(backend, "backend"),
+            validate_name(server, "server", max_len=MAX_SERVER_NAME_LEN),
+        )
+
+        def pick(rows: list[StatRow]) -> list[StatRow]:
+            found = [r for r in rows if r.kind == "server" and (r.pxname, r.svname) == wanted]
+            if not found:
+                raise self._fail("show stat", f"no server {backend}/{server} in the statistics")
+            return found
+
+        self._wait_idle(pick, timeout, poll_interval, clock, sleep)
 
     def wait_pool_idle(
         self,
@@ -455,44 +489,35 @@ class HAProxyRuntime:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """Wait until ``pool`` has no request in flight or queued in any pool backend.
+        """Wait until no replica server of ``pool`` has a request in flight or queued, in any pool backend.
 
-        Requests on the pool's standby count too, when the configuration has one.
+        Requests on the replicas' standbys count too, when the configuration
+        has them. The servers are found in each reading, not assumed.
         """
-        targets = [(b, validate_name(pool, "pool")) for b in self.backends]
-        optional = [(b, standby_name(pool)) for b in self.backends]
-        self._wait_idle(targets, timeout, poll_interval, clock, sleep, optional=optional)
+        validate_name(pool, "pool")
+
+        def pick(rows: list[StatRow]) -> list[StatRow]:
+            found = [r for r in rows if r.kind == "server" and r.pxname in self.backends and r.pool == pool]
+            missing = sorted(set(self.backends) - {r.pxname for r in found if not is_standby(r.svname)})
+            if missing:
+                where = ", ".join(missing)
+                raise self._fail("show stat", f"no server of pool {pool} in backend(s) {where} of the stats")
+            return found
+
+        self._wait_idle(pick, timeout, poll_interval, clock, sleep)
 
     def _wait_idle(
         self,
-        targets: Iterable[tuple[str, str]],
+        pick: Callable[[list[StatRow]], list[StatRow]],
         timeout: float,
         poll_interval: float,
         clock: Callable[[], float],
         sleep: Callable[[float], None],
-        *,
-        optional: Iterable[tuple[str, str]] = (),
     ) -> None:
-        def checked(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-            return {
-                (validate_name(b, "backend"), validate_name(s, "server", max_len=MAX_SERVER_NAME_LEN))
-                for b, s in pairs
-            }
-
-        wanted = checked(targets)
-        maybe = checked(optional)
         deadline = clock() + timeout
         while True:
-            rows = {
-                (r.pxname, r.svname): r
-                for r in self.server_stats()
-                if r.kind == "server" and (r.pxname, r.svname) in wanted | maybe
-            }
-            missing = wanted - rows.keys()
-            if missing:
-                names = ", ".join(f"{b}/{s}" for b, s in sorted(missing))
-                raise self._fail("show stat", f"no server {names} in the statistics")
-            busy = {f"{b}/{s}": r.scur + r.qcur for (b, s), r in rows.items() if r.scur or r.qcur}
+            rows = pick(self.server_stats())
+            busy = {f"{r.pxname}/{r.svname}": r.scur + r.qcur for r in rows if r.scur or r.qcur}
             if not busy:
                 return
             if clock() >= deadline:

@@ -83,6 +83,10 @@ class TritonClient:
                 raise TritonUnavailable(f"Triton at {self.url} not ready after {timeout:.0f} s")
             sleep(0.1)
 
+    def ready_anywhere(self) -> set[str]:
+        """Names of the models with a READY version."""
+        return {s.name for s in self.repository_index() if s.state == "READY"}
+
     def repository_index(self) -> list[ModelStatus]:
         """Every model Triton knows of, with state and reason."""
         try:

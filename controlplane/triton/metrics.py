@@ -15,12 +15,15 @@ What the counters mean, as measured on tritonserver 2.51 (the fixtures in
   quantile when the window holds no request.
 
 Series exist only for loaded models and start from zero on every load.
+
+A pool of several replicas is several metrics endpoints: ``scrape_replicas``
+reads each and ``combine_counters`` adds them up (see there for the p99).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -157,3 +160,40 @@ class TritonMetricsClient:
                 f"Triton metrics at {self.url} are not Prometheus text: {exc}",
                 details={"url": self.url, "body": response.text[:200]},
             ) from exc
+
+
+def combine_counters(parts: Sequence[TritonCounters]) -> TritonCounters:
+    """One pool's counters from its replicas' scrapes: counts added, the largest p99.
+
+    Counters add up because every request ran on exactly one replica. The
+    p99 cannot be added or averaged: each replica's summary is a quantile of
+    its own recent requests, and the pool's true p99 is not a function of
+    those quantiles alone. The largest one is an upper bound on it (if no
+    replica has more than 1% of its requests above M, the pool has no more
+    than 1% above M either), equal to it when the replicas are alike, and a
+    latency gate is a ceiling: the bound can only fail a pool that one slow
+    replica makes slow for the clients it serves, never pass one.
+
+    A restart of one replica resets only its part: the sums usually drop and
+    the analysis takes the window as following a restart, counting every
+    replica's cumulative total in it (Triton's side of that one window
+    overcounts; HAProxy's counters are unaffected).
+    """
+    if not parts:
+        raise ValueError("no replica scrape to combine")
+    p99s = [c.p99_us for c in parts if c.p99_us is not None]
+    return TritonCounters(
+        success=sum(c.success for c in parts),
+        failure=sum(c.failure for c in parts),
+        p99_us=max(p99s) if p99s else None,
+        models_seen=frozenset().union(*(c.models_seen for c in parts)),
+    )
+
+
+def scrape_replicas(clients: Sequence[TritonMetricsClient], models: Collection[str]) -> TritonCounters:
+    """Scrape every replica of a pool and combine them; TritonUnavailable if any one does not answer.
+
+    A replica left out would make the pool's sums drop, which the analysis
+    takes for a restart: so one silent replica fails the whole reading.
+    """
+    return combine_counters([client.scrape(models) for client in clients])

@@ -6,6 +6,7 @@ available in explicit model-control mode) and one haproxy in the foreground,
 then drives them through tritonclient and the admin socket. The tests share
 that stack and run in file order: the last two kill blue and stop haproxy.
 Every process started here is stopped at module teardown, whatever happened.
+One test runs a stack of its own: two pools of two replicas each.
 """
 
 from __future__ import annotations
@@ -27,14 +28,19 @@ from haproxy_stack import (
     MODEL,
     POOLS,
     Stack,
+    Triton,
+    _build_backend_dir,
+    _build_repo,
     clean_up_killed,
     descendants,
     grpc_input,
     http_input,
+    kill_pids,
     log_tail,
     primaries_serving,
     restart_triton,
     running_stack,
+    start_triton,
     stop,
     wait_for,
 )
@@ -53,6 +59,8 @@ from controlplane.traffic.haproxy import (
     render_config,
     standby_name,
 )
+from controlplane.traffic.haproxy_config import ReplicaEndpoint
+from controlplane.traffic.router import HAProxyRouter
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +115,15 @@ def test_rendered_config_variants_pass_haproxy_check(tmp_path: Path) -> None:
                 admin_socket=sockdir / "a.sock",
                 pools=(PoolEndpoint("blue", "127.0.0.1", 8001, 8000, 0),),
                 strip_request_headers=("Triton-Admin-Key",),
+            ),
+            ProxyConfig(
+                grpc_bind=("127.0.0.1", 18003),
+                http_bind=("127.0.0.1", 18004),
+                admin_socket=sockdir / "c.sock",
+                pools=(
+                    PoolEndpoint.of_hosts("blue", ("127.0.0.1", "localhost"), 8001, 8000, 100),
+                    PoolEndpoint.of_hosts("green", ("127.0.0.2", "::1"), 8001, 8000, 0),
+                ),
             ),
             ProxyConfig(
                 grpc_bind=("::1", 18001),
@@ -377,6 +394,130 @@ def _blue_rows(runtime: HAProxyRuntime) -> dict[str, tuple[str, int]]:
     """(status, requests so far) of blue's own server per backend, from one ``show stat``."""
     rows = runtime.server_stats()
     return {r.pxname: (r.status, r.stot) for r in rows if r.kind == "server" and r.svname == "blue"}
+
+
+def _replica_rows(runtime: HAProxyRuntime) -> dict[tuple[str, str], tuple[str, int]]:
+    """(status, requests so far) of every replica server (standbys left out), from one ``show stat``."""
+    return {
+        (r.pxname, r.svname): (r.status, r.stot)
+        for r in runtime.server_stats()
+        if r.kind == "server" and not r.svname.endswith("_standby")
+    }
+
+
+def test_two_replicas_per_pool_move_together_and_a_dead_replica_leaves_its_sibling_serving(
+    tmp_path: Path,
+) -> None:
+    repo = _build_repo(tmp_path / "repo")
+    backends = _build_backend_dir(tmp_path / "backends")
+    sockdir = Path(tempfile.mkdtemp(prefix="cphx", dir="/tmp"))
+    shm = f"cphr{sockdir.name[-6:]}_"
+    ports = free_ports(14)
+    tritons: dict[str, Triton] = {}
+    haproxy: subprocess.Popen[bytes] | None = None
+    try:
+        for i, name in enumerate(("blue_r1", "blue_r2", "green_r1", "green_r2")):
+            tritons[name] = start_triton(
+                name, tmp_path, repo, backends, f"{shm}{name}_", ports[3 * i : 3 * i + 3], load_model=True
+            )
+        for triton in tritons.values():
+            wait_for(triton.ready, 60, f"tritonserver {triton.name}\n{log_tail(triton.log)}")
+
+        def pool(name: str, weight: int) -> PoolEndpoint:
+            replicas = [tritons[f"{name}_r{i}"] for i in (1, 2)]
+            return PoolEndpoint.of_replicas(
+                name, tuple(ReplicaEndpoint("127.0.0.1", t.grpc_port, t.http_port) for t in replicas), weight
+            )
+
+        cfg = ProxyConfig(
+            grpc_bind=("127.0.0.1", ports[12]),
+            http_bind=("127.0.0.1", ports[13]),
+            admin_socket=sockdir / "admin.sock",
+            pools=(pool("blue", 1), pool("green", 0)),
+        )
+        config_path = tmp_path / "haproxy.cfg"
+        config_path.write_text(render_config(cfg))
+        haproxy_log = tmp_path / "haproxy.log"
+        with haproxy_log.open("wb") as out:
+            haproxy = subprocess.Popen(haproxy_command(config_path), stdout=out, stderr=subprocess.STDOUT)
+        runtime = HAProxyRuntime(cfg.admin_socket)
+        router = HAProxyRouter(runtime)
+        wait_for(lambda: router.pool_up("blue") and router.pool_up("green"), 10, "every replica UP")
+        assert router.weights() == {"blue": 1, "green": 0}
+
+        router.set_weights({"blue": 0, "green": 1})
+
+        weights = {(s.backend, s.name): s.weight for s in runtime.servers_state() if not s.standby}
+        assert weights == {
+            (backend, f"{p}_r{i}"): 1 if p == "green" else 0
+            for backend in (GRPC_BACKEND, HTTP_BACKEND)
+            for p in ("blue", "green")
+            for i in (1, 2)
+        }
+        assert router.weights() == {"blue": 0, "green": 1}
+        grpc_proxy = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[12]}")
+        http_proxy = httpclient.InferenceServerClient(f"127.0.0.1:{ports[13]}")
+        try:
+            before = _stot(runtime)
+            for i in range(20):
+                grpc_answer = grpc_proxy.infer(MODEL, [grpc_input([float(i)])])
+                http_answer = http_proxy.infer(MODEL, [http_input([float(i)])])
+                assert grpc_answer.as_numpy("OUTPUT0").tolist() == [float(i)]
+                assert http_answer.as_numpy("OUTPUT0").tolist() == [float(i)]
+            delta = _delta(_stot(runtime), before)
+        finally:
+            grpc_proxy.close()
+            http_proxy.close()
+        # Round robin between green's two replicas on both sides; blue and the standbys get nothing.
+        for backend in (GRPC_BACKEND, HTTP_BACKEND):
+            assert delta[(backend, "green_r1")] == delta[(backend, "green_r2")] == 10
+            assert sum(n for (b, _server), n in delta.items() if b == backend) == 20
+
+        victim = tritons["green_r1"]
+        with _Load(f"127.0.0.1:{ports[12]}", clients=4) as load:
+            time.sleep(1.0)
+            victim.children = descendants(victim.proc.pid)
+            victim.proc.kill()
+            victim.proc.wait(timeout=5)
+            down_after = wait_for(
+                lambda: all(
+                    _replica_rows(runtime)[(backend, "green_r1")][0].startswith("DOWN")
+                    for backend in (GRPC_BACKEND, HTTP_BACKEND)
+                ),
+                5,
+                "green_r1 DOWN in both backends",
+            )
+            frozen = _replica_rows(runtime)
+            time.sleep(1.5)
+            after = _replica_rows(runtime)
+            pool_up_while_one_is_dead = router.pool_up("green")
+        # Only green_r2 took requests once its sibling was down; nothing fell back to a standby or to blue.
+        assert after[(GRPC_BACKEND, "green_r2")][1] > frozen[(GRPC_BACKEND, "green_r2")][1]
+        assert after[(GRPC_BACKEND, "green_r1")][1] == frozen[(GRPC_BACKEND, "green_r1")][1]
+        standby_traffic = {
+            (r.pxname, r.svname): r.stot for r in runtime.server_stats() if r.svname.endswith("_standby")
+        }
+        assert set(standby_traffic.values()) == {0}, standby_traffic
+        assert not pool_up_while_one_is_dead
+        assert router.weights() == {"blue": 0, "green": 1}, "a dead replica keeps its weight"
+        # At most the calls in flight on the killed replica's connections (see the kill -9 test below).
+        assert len(load.failures) <= 4, load.failures[:5]
+        assert load.total > 200
+        runtime.wait_pool_idle("blue", timeout=2)
+        print(
+            f"\nkill -9 of green_r1 under 4 gRPC clients: {load.total} requests, {len(load.failures)} failed;"
+            f" DOWN after {down_after:.2f}s, green_r2 served the rest"
+        )
+    finally:
+        if haproxy is not None:
+            stop(haproxy)
+        for triton in tritons.values():
+            stubs = descendants(triton.proc.pid) if triton.proc.poll() is None else []
+            stop(triton.proc)
+            kill_pids(stubs + triton.children)
+        for leftover in Path("/dev/shm").glob(f"{shm}*"):
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def test_kill_9_of_the_weighted_pool_fails_no_request_and_it_returns_only_once_healthy(stack: Stack) -> None:

@@ -1,4 +1,9 @@
-"""Life of the embedded stack: clean stop, restart with state, supervision of a crashed Triton."""
+"""Life of the embedded stack: clean stop, restart with state, supervision of a crashed Triton.
+
+The first two tests share one stack with mlp deployed: the first stops it
+and starts it again on the same state, and the second kills a Triton of
+whichever of the two is running; the fixture stops the last one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,17 +69,37 @@ def _wait_healthy(stack: Stack, model: str, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def test_stop_leaves_nothing_running_and_restart_serves_the_deployed_version_again(tmp_path: Path) -> None:
-    folder = examples.build_mlp(tmp_path / "examples", seed=5)
-    want = examples.reference_outputs(folder, {"INPUT0": DATA})["OUTPUT0"]
-    state = tmp_path / "state"
+@dataclass
+class Deployed:
+    """The running stack, replaced when a test restarts it, with mlp version 1 deployed on blue."""
 
-    stack = start_stack(state)
+    stack: Stack
+    state_dir: Path
+    want: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    root = tmp_path_factory.mktemp("lifecycle")
+    folder = examples.build_mlp(root / "examples", seed=5)
+    want = examples.reference_outputs(folder, {"INPUT0": DATA})["OUTPUT0"]
+    running = Deployed(start_stack(root / "state"), root / "state", want)
     try:
-        assert stack.push(folder, "mlp").status_code == 201
-        with stack.client() as client:
+        assert running.stack.push(folder, "mlp").status_code == 201
+        with running.stack.client() as client:
             assert client.post("/v1/models/mlp/versions/1/deploy").status_code == 200
-        np.testing.assert_allclose(_infer(stack), want, rtol=1e-5)
+        yield running
+    finally:
+        code = running.stack.stop()
+        assert code == 0, running.stack.log()
+
+
+def test_stop_leaves_nothing_running_and_restart_serves_the_deployed_version_again(
+    deployed: Deployed,
+) -> None:
+    stack, state = deployed.stack, deployed.state_dir
+    try:
+        np.testing.assert_allclose(_infer(stack), deployed.want, rtol=1e-5)
         prefix = _shm_prefix(stack)
         assert list(Path("/dev/shm").glob(f"{prefix}*")), "a loaded Python-backend model uses shm regions"
     finally:
@@ -83,44 +110,34 @@ def test_stop_leaves_nothing_running_and_restart_serves_the_deployed_version_aga
     assert _processes_mentioning(prefix) == []
     assert list(Path("/dev/shm").glob(f"{prefix}*")) == []
 
-    again = start_stack(state)
-    try:
-        np.testing.assert_allclose(_infer(again), want, rtol=1e-5)
-        with again.client() as client:
-            assert client.get("/v1/models/mlp").json()["deployments"][0]["version"] == 1
-    finally:
-        assert again.stop() == 0
+    again = deployed.stack = start_stack(state)
+    np.testing.assert_allclose(_infer(again), deployed.want, rtol=1e-5)
+    with again.client() as client:
+        assert client.get("/v1/models/mlp").json()["deployments"][0]["version"] == 1
 
 
-def test_a_killed_triton_is_restarted_its_stubs_cleaned_and_its_models_reloaded(tmp_path: Path) -> None:
-    folder = examples.build_mlp(tmp_path / "examples", seed=6)
-    stack = start_stack(tmp_path / "state")
-    try:
-        assert stack.push(folder, "mlp").status_code == 201
-        with stack.client() as client:
-            assert client.post("/v1/models/mlp/versions/1/deploy").status_code == 200
-        prefix = _shm_prefix(stack)
-        pid = int((stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        recovered = _wait_healthy(stack, "mlp", timeout=60)
-        # The restarted Triton answers only once mlp is loaded; the proxy's health check (rise 2) takes it
-        # back into rotation about a second after that.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                assert _infer(stack).shape == (1, 4)
-                break
-            except InferenceServerException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        stubs = [p for p in _processes_mentioning(prefix) if "triton_python_backend_stub" in p]
-        assert len(stubs) == 1, stubs  # the reloaded model's stub only: the orphan was killed
-        with stack.client() as client:
-            assert client.get("/readyz").status_code == 200
-        print(f"Triton killed with -9: model READY again after {recovered:.1f} s")
-    finally:
-        assert stack.stop() == 0
+def test_a_killed_triton_is_restarted_its_stubs_cleaned_and_its_models_reloaded(deployed: Deployed) -> None:
+    stack = deployed.stack
+    prefix = _shm_prefix(stack)
+    pid = int((stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    recovered = _wait_healthy(stack, "mlp", timeout=60)
+    # The restarted Triton answers only once mlp is loaded; the proxy's health check (rise 2) takes it
+    # back into rotation about a second after that.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert _infer(stack).shape == (1, 4)
+            break
+        except InferenceServerException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    stubs = [p for p in _processes_mentioning(prefix) if "triton_python_backend_stub" in p]
+    assert len(stubs) == 1, stubs  # the reloaded model's stub only: the orphan was killed
+    with stack.client() as client:
+        assert client.get("/readyz").status_code == 200
+    print(f"Triton killed with -9: model READY again after {recovered:.1f} s")
 
 
 def test_up_refuses_a_stale_schema_until_db_upgrade_has_run(tmp_path: Path) -> None:

@@ -6,6 +6,11 @@
 - kill -9 of the Triton that serves: the proxy fails over to the warm
   standby pool at once (only calls in flight on the killed server fail), the
   supervisor restarts it with its models loaded before it listens.
+
+The tests share one stack, in an order where each leaves what the next one
+needs: the CLI's rollout and rollback end with v1 serving on blue again, the
+killed blue Triton comes back serving v1, and the control plane killed last
+is the one the fixture stops.
 """
 
 from __future__ import annotations
@@ -78,10 +83,12 @@ def _wait_state(stack: Stack, rollout_id: int, states: set[str], timeout: float)
             time.sleep(0.1)
 
 
-@pytest.fixture
-def deployed(tmp_path: Path) -> Iterator[Stack]:
-    folders = [examples.build_mlp(tmp_path / f"v{seed}", seed=seed) for seed in (1, 2)]
-    stack = start_stack(tmp_path / "state")
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``controlplane up`` with mlp v1 deployed on blue and v2 pushed."""
+    root = tmp_path_factory.mktemp("crash")
+    folders = [examples.build_mlp(root / f"v{seed}", seed=seed) for seed in (1, 2)]
+    stack = start_stack(root / "state")
     try:
         for folder in folders:
             assert stack.push(folder, "mlp").status_code == 201
@@ -90,73 +97,6 @@ def deployed(tmp_path: Path) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
-
-
-def test_a_control_plane_killed_mid_rollout_converges_after_restart_and_no_request_fails(
-    deployed: Stack, tmp_path: Path
-) -> None:
-    stack = deployed
-    with Clients(stack.grpc_url) as clients:
-        with stack.client() as client:
-            created = client.post(
-                "/v1/rollouts",
-                json={
-                    "model": "mlp",
-                    "version": 2,
-                    "strategy": "canary",
-                    "steps": [20, 50, 100],
-                    "step_seconds": 3,
-                    "bake_seconds": 1,
-                    "gates": {"max_error_rate": 0.01},
-                },
-            )
-        assert created.status_code == 202, created.text
-        rollout_id = created.json()["id"]
-        _wait_state(stack, rollout_id, {"shifting"}, 60)
-        time.sleep(1.0)
-        stack.kill()
-        time.sleep(2.0)  # traffic keeps flowing with nobody in control
-        restarted = start_stack(stack.state_dir, ports=stack.ports)
-        stack.process = restarted.process
-        stack.log_path = restarted.log_path
-        final = _wait_state(stack, rollout_id, {"succeeded", "rolled_back", "failed"}, 120)
-        time.sleep(0.5)
-    assert final["state"] in ("succeeded", "rolled_back"), final["reason"]
-    assert clients.failures == [], clients.failures[:5]
-    assert clients.ok > 500
-    with stack.client() as client:
-        weights = client.get(f"/v1/rollouts/{rollout_id}").json()["live_weights"]
-        health = client.get("/healthz", params={"model": "mlp"})
-    assert health.status_code == 200
-    assert sorted(weights.values()) == [0, 100]
-    print(f"kill -9 mid-rollout: {final['state']}; {clients.ok} requests, 0 failed")
-
-
-def test_a_killed_serving_triton_fails_only_requests_in_flight_and_comes_back(deployed: Stack) -> None:
-    stack = deployed
-    # The deploy woke the reconciler: the standby pool loads the release it serves.
-    stack.wait_standby("mlp")
-    pid = int((stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text())
-    with Clients(stack.grpc_url) as clients:
-        time.sleep(1.0)
-        os.kill(pid, signal.SIGKILL)
-        start = time.monotonic()
-        with stack.client() as client:
-            while (
-                client.get("/healthz", params={"model": "mlp"}).status_code != 200
-                or time.monotonic() - start < 1
-            ):
-                assert time.monotonic() - start < 60, stack.log()[-2000:]
-                time.sleep(0.1)
-        recovered = time.monotonic() - start
-        time.sleep(2.0)
-    total = clients.ok + len(clients.failures)
-    failed = len(clients.failures)
-    print(f"kill -9 of the serving Triton: {failed} failed of {total}, ready after {recovered:.1f} s")
-    # Only calls already on the killed server's connection can fail: at most one per client thread.
-    assert failed <= 8, clients.failures[:5]
-    assert all("RST_STREAM" in f for f in clients.failures), clients.failures[:5]
-    assert clients.ok > 1000
 
 
 def test_the_cli_follows_a_rollout_and_a_rollback_and_refuses_bad_requests_in_one_line(
@@ -211,3 +151,79 @@ def test_the_cli_follows_a_rollout_and_a_rollback_and_refuses_bad_requests_in_on
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "rollout_not_found"
     assert finished.status_code == 409 and finished.json()["error"]["code"] == "rollout_finished"
     assert bad_gate.status_code == 422
+
+
+def _live_weights(stack: Stack) -> dict[str, int]:
+    """The proxy's weights per pool, as the API reports them with the latest rollout."""
+    with stack.client() as client:
+        latest = client.get("/v1/rollouts").json()[0]["id"]
+        weights: dict[str, int] = client.get(f"/v1/rollouts/{latest}").json()["live_weights"]
+    return weights
+
+
+def test_a_killed_serving_triton_fails_only_requests_in_flight_and_comes_back(deployed: Stack) -> None:
+    stack = deployed
+    assert _live_weights(stack) == {"blue": 100, "green": 0}, "blue is the Triton that serves"
+    # The deploy woke the reconciler: the standby pool loads the release it serves.
+    stack.wait_standby("mlp")
+    pid = int((stack.state_dir / "pools" / "blue" / "tritonserver.pid").read_text())
+    with Clients(stack.grpc_url) as clients:
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        with stack.client() as client:
+            while (
+                client.get("/healthz", params={"model": "mlp"}).status_code != 200
+                or time.monotonic() - start < 1
+            ):
+                assert time.monotonic() - start < 60, stack.log()[-2000:]
+                time.sleep(0.1)
+        recovered = time.monotonic() - start
+        time.sleep(2.0)
+    total = clients.ok + len(clients.failures)
+    failed = len(clients.failures)
+    print(f"kill -9 of the serving Triton: {failed} failed of {total}, ready after {recovered:.1f} s")
+    # Only calls already on the killed server's connection can fail: at most one per client thread.
+    assert failed <= 8, clients.failures[:5]
+    assert all("RST_STREAM" in f for f in clients.failures), clients.failures[:5]
+    assert clients.ok > 1000
+
+
+def test_a_control_plane_killed_mid_rollout_converges_after_restart_and_no_request_fails(
+    deployed: Stack, tmp_path: Path
+) -> None:
+    stack = deployed
+    with Clients(stack.grpc_url) as clients:
+        with stack.client() as client:
+            created = client.post(
+                "/v1/rollouts",
+                json={
+                    "model": "mlp",
+                    "version": 2,
+                    "strategy": "canary",
+                    "steps": [20, 50, 100],
+                    "step_seconds": 3,
+                    "bake_seconds": 1,
+                    "gates": {"max_error_rate": 0.01},
+                },
+            )
+        assert created.status_code == 202, created.text
+        rollout_id = created.json()["id"]
+        _wait_state(stack, rollout_id, {"shifting"}, 60)
+        time.sleep(1.0)
+        stack.kill()
+        time.sleep(2.0)  # traffic keeps flowing with nobody in control
+        restarted = start_stack(stack.state_dir, ports=stack.ports)
+        stack.process = restarted.process
+        stack.log_path = restarted.log_path
+        final = _wait_state(stack, rollout_id, {"succeeded", "rolled_back", "failed"}, 120)
+        time.sleep(0.5)
+    assert final["state"] in ("succeeded", "rolled_back"), final["reason"]
+    assert clients.failures == [], clients.failures[:5]
+    assert clients.ok > 500
+    with stack.client() as client:
+        weights = client.get(f"/v1/rollouts/{rollout_id}").json()["live_weights"]
+        health = client.get("/healthz", params={"model": "mlp"})
+    assert health.status_code == 200
+    assert sorted(weights.values()) == [0, 100]
+    print(f"kill -9 mid-rollout: {final['state']}; {clients.ok} requests, 0 failed")

@@ -142,6 +142,22 @@ class FakeTriton:
     def is_ready(self) -> bool:
         return self.up
 
+    def wait_server_ready(self, timeout: float) -> None:
+        if not self.up:
+            raise TritonUnavailable("Triton did not become ready")
+
+    def restart(self) -> None:
+        """What a restart with ``--load-model=*`` leaves: every folder of the repository loaded afresh."""
+        with self._lock:
+            self.calls.append(("restart", "", None))
+            self._states.clear()
+            self._configs.clear()
+            self.overrides.clear()
+        for name in self.repository.live_models():
+            numbers = sorted(int(p.name) for p in (self.repository.live / name).iterdir() if p.name.isdigit())
+            if numbers and (name, numbers[-1]) not in self.load_failures:
+                self.load(name, numbers[-1], timeout=1.0)
+
     def repository_index(self) -> list[ModelStatus]:
         self._enter("repository_index")
         with self._lock:
@@ -157,6 +173,9 @@ class FakeTriton:
                 if name not in self._states
             ]
             return rows
+
+    def ready_anywhere(self) -> set[str]:
+        return set(self.ready_models())
 
     def model_status(self, model: str) -> list[ModelStatus]:
         return [s for s in self.repository_index() if s.name == model]

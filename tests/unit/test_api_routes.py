@@ -32,6 +32,8 @@ ROUTES = {
     ("GET", "/v1/models/{model}/policy"): ("signatures", "200"),
     ("PUT", "/v1/models/{model}/policy"): ("signatures", "200"),
     ("GET", "/v1/events"): ("audit", "200"),
+    ("GET", "/v1/pools"): ("pools", "200"),
+    ("POST", "/v1/pools/{pool}/recycle"): ("pools", "200"),
     ("GET", "/healthz"): ("health", "200"),
     ("GET", "/readyz"): ("health", "200"),
     ("GET", "/metrics"): ("health", "200"),
@@ -43,7 +45,13 @@ def _openapi(*, with_engine: bool) -> dict[str, Any]:
     stand_in: Any = SimpleNamespace(uploads_dir=Path("/nonexistent/uploads"))
     engine: Any = stand_in if with_engine else None
     services = ApiServices(
-        db=stand_in, registry=stand_in, signing=stand_in, health=stand_in, engine=engine, deployer=engine
+        db=stand_in,
+        registry=stand_in,
+        signing=stand_in,
+        health=stand_in,
+        engine=engine,
+        deployer=engine,
+        recycler=engine,
     )
     return create_app(services, max_upload_bytes=1 << 20).openapi()
 
@@ -60,9 +68,11 @@ def test_the_api_serves_exactly_the_known_routes_with_their_tags_and_success_sta
         assert status in operations[key]["responses"], key
 
 
-def test_without_a_rollout_engine_the_rollout_and_deploy_routes_are_missing() -> None:
+def test_without_a_rollout_engine_the_rollout_deploy_and_pool_routes_are_missing() -> None:
     operations = _operations(_openapi(with_engine=False))
-    assert set(operations) == {key for key, (tag, _) in ROUTES.items() if tag not in {"rollouts", "deploy"}}
+    assert set(operations) == {
+        key for key, (tag, _) in ROUTES.items() if tag not in {"rollouts", "deploy", "pools"}
+    }
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,11 @@ The ``show ...`` fixtures below were captured from Debian's haproxy 2.6.12 in
 front of two real tritonservers (pools "blue" and "green") while the module
 was developed: blue drained and green at weight 0; blue killed with SIGKILL;
 green put in maintenance on the HTTP backend with weight 7 on the gRPC one.
+``fixtures/haproxy_show_{servers_state,stat}_two_replicas.txt`` are the same
+haproxy's answers for two pools of two replicas each (``render_config``,
+nothing listening behind them, so every server is DOWN): blue at 100 with
+``set weight triton_grpc/blue_r2 50`` applied (a change half applied), green
+at 0 with ``triton_http/green_r1`` drained.
 """
 
 # Captured HAProxy output is kept verbatim, so its long lines stay long.
@@ -15,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +36,7 @@ from controlplane.traffic.haproxy import (
     HAProxyRuntime,
     PoolEndpoint,
     ProxyConfig,
+    ServerState,
     describe_exit,
     haproxy_command,
     parse_servers_state,
@@ -43,7 +50,9 @@ from controlplane.traffic.haproxy_config import (
     HTTP_ALL_MODEL_STATS,
     HTTP_ALLOWED_GET,
     HTTP_ALLOWED_POST,
+    ReplicaEndpoint,
 )
+from controlplane.traffic.router import HAProxyRouter
 
 STATE_DRAIN = """\
 1
@@ -91,6 +100,9 @@ STATE_MAINT = """\
 
 """
 TABLE_EMPTY = "# table: grpc_errors, type: string, size:1024, used:0\n\n"
+FIXTURES = Path(__file__).parent / "fixtures"
+STATE_TWO_REPLICAS = (FIXTURES / "haproxy_show_servers_state_two_replicas.txt").read_text()
+STAT_TWO_REPLICAS = (FIXTURES / "haproxy_show_stat_two_replicas.txt").read_text()
 
 # --------------------------------------------------------------------------
 # Rendering
@@ -370,6 +382,100 @@ def test_a_pool_name_that_looks_like_a_standby_is_refused() -> None:
         PoolEndpoint(name="blue_standby", host="127.0.0.1", grpc_port=1, http_port=2, weight=0)
 
 
+def _two_replica_pools(blue_weight: int = 100, green_weight: int = 0) -> tuple[PoolEndpoint, ...]:
+    return (
+        PoolEndpoint.of_replicas(
+            "blue",
+            (ReplicaEndpoint("127.0.0.1", 8001, 8000), ReplicaEndpoint("127.0.0.2", 8011, 8010)),
+            blue_weight,
+        ),
+        PoolEndpoint.of_replicas(
+            "green",
+            (ReplicaEndpoint("127.0.0.1", 9001, 9000), ReplicaEndpoint("127.0.0.2", 9011, 9010)),
+            green_weight,
+        ),
+    )
+
+
+def test_a_pool_of_two_replicas_has_a_checked_server_and_a_standby_per_replica_in_both_backends() -> None:
+    text = render_config(_cfg(pools=_two_replica_pools()))
+    grpc = [line for line in _section(text, f"backend {GRPC_BACKEND}") if line.startswith("server ")]
+    http = [line for line in _section(text, f"backend {HTTP_BACKEND}") if line.startswith("server ")]
+    observe = "observe layer4 error-limit 1 on-error mark-down"
+    assert grpc[:4] == [
+        "server blue_r1 127.0.0.1:8001 proto h2 weight 100 check check-proto h1 port 8000 inter 500 fall 2"
+        f" rise 2 {observe}",
+        "server blue_r1_standby 127.0.0.1:8001 proto h2 weight 1 backup track triton_grpc/blue_r1",
+        "server blue_r2 127.0.0.2:8011 proto h2 weight 100 check check-proto h1 port 8010 inter 500 fall 2"
+        f" rise 2 {observe}",
+        "server blue_r2_standby 127.0.0.2:8011 proto h2 weight 1 backup track triton_grpc/blue_r2",
+    ]
+    assert http[:4] == [
+        f"server blue_r1 127.0.0.1:8000 weight 100 check inter 500 fall 2 rise 2 {observe}",
+        "server blue_r1_standby 127.0.0.1:8000 weight 1 backup track triton_http/blue_r1",
+        f"server blue_r2 127.0.0.2:8010 weight 100 check inter 500 fall 2 rise 2 {observe}",
+        "server blue_r2_standby 127.0.0.2:8010 weight 1 backup track triton_http/blue_r2",
+    ]
+    assert len(grpc) == len(http) == 8
+    # No server is named after a pool alone: that name belongs to one-replica pools.
+    assert not any(line.split()[1] in ("blue", "green") for line in grpc + http)
+
+
+def test_a_one_replica_pool_keeps_the_pools_own_server_name() -> None:
+    one = PoolEndpoint("blue", "127.0.0.1", 8001, 8000, 100)
+    assert one.replicas == (ReplicaEndpoint("127.0.0.1", 8001, 8000),)
+    assert [name for name, _r in one.servers] == ["blue"]
+    same = PoolEndpoint.of_replicas("blue", (ReplicaEndpoint("127.0.0.1", 8001, 8000),), 100)
+    assert render_config(_cfg(pools=(same,))) == render_config(_cfg(pools=(one,)))
+
+
+@pytest.mark.parametrize(
+    ("server", "pool"),
+    [
+        ("blue", "blue"),
+        ("blue_standby", "blue"),
+        ("blue_r1", "blue"),
+        ("blue_r12", "blue"),
+        ("blue_r2_standby", "blue"),
+        ("canary-3_x_r1", "canary-3_x"),
+        ("r1", "r1"),
+        ("blue_rx", "blue_rx"),
+    ],
+)
+def test_every_server_name_maps_back_to_its_pool(server: str, pool: str) -> None:
+    assert pool_of_server(server) == pool
+
+
+def test_pool_names_that_would_read_as_a_replica_or_a_standby_are_refused() -> None:
+    for name in ("blue_r1", "blue_r10", "x_standby"):
+        with pytest.raises(ValueError, match="must not end with"):
+            PoolEndpoint(name=name, host="127.0.0.1", grpc_port=1, http_port=2, weight=0)
+    PoolEndpoint(name="blue_rx", host="127.0.0.1", grpc_port=1, http_port=2, weight=0)
+
+
+def test_pools_with_different_numbers_of_replicas_are_refused() -> None:
+    two = _two_replica_pools()[0]
+    one = PoolEndpoint("green", "127.0.0.1", 9001, 9000, 0)
+    with pytest.raises(ValueError, match="same number of replicas"):
+        _cfg(pools=(two, one))
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        (ReplicaEndpoint("127.0.0.2", 8001, 8000),),
+        (ReplicaEndpoint("127.0.0.1", 8001, 8000), ReplicaEndpoint("127.0.0.1", 8001, 8010)),
+        (ReplicaEndpoint("127.0.0.1", 8001, 8000), ReplicaEndpoint("127.0.0.1", 8011, 8000)),
+        tuple(ReplicaEndpoint("127.0.0.1", 8001 + i, 20000 + i) for i in range(65)),
+        ("127.0.0.1",),
+    ],
+    ids=["not-the-pools-address", "shared-grpc", "shared-http", "too-many", "not-a-replica"],
+)
+def test_pool_replicas_must_start_at_the_pools_address_and_be_distinct(replicas: tuple[object, ...]) -> None:
+    with pytest.raises(ValueError):
+        PoolEndpoint("blue", "127.0.0.1", 8001, 8000, 1, replicas)  # type: ignore[arg-type]
+
+
 def test_grpc_errors_are_tracked_per_server_name_in_a_stick_table() -> None:
     text = render_config(_cfg())
     grpc = _section(text, f"backend {GRPC_BACKEND}")
@@ -619,19 +725,166 @@ def fake(short_dir: Path) -> Iterator[Callable[[Callable[[str], str | None]], Fa
         server.close()
 
 
+def _answering(state: str) -> Callable[[str], str]:
+    """An admin socket that knows the servers of ``state`` and accepts every setter."""
+    return lambda cmd: state if cmd == "show servers state" else "\n"
+
+
+def _setters(server: FakeAdminSocket) -> list[str]:
+    return [cmd for cmd in server.commands if cmd.startswith("set ")]
+
+
 def test_set_pool_weight_sets_both_backends(fake: Callable[..., FakeAdminSocket]) -> None:
-    server = fake(lambda cmd: "\n")
+    server = fake(_answering(STATE_DOWN))
     HAProxyRuntime(server.path).set_pool_weight("green", 25)
-    assert server.commands == ["set weight triton_grpc/green 25", "set weight triton_http/green 25"]
+    assert _setters(server) == ["set weight triton_grpc/green 25", "set weight triton_http/green 25"]
 
 
 def test_set_pool_state_sets_both_backends(fake: Callable[..., FakeAdminSocket]) -> None:
-    server = fake(lambda cmd: "\n")
+    server = fake(_answering(STATE_DOWN))
     HAProxyRuntime(server.path).set_pool_state("blue", "drain")
-    assert server.commands == [
+    assert _setters(server) == [
         "set server triton_grpc/blue state drain",
         "set server triton_http/blue state drain",
     ]
+
+
+def test_a_pool_weight_moves_every_replica_server_found_in_the_proxy(
+    fake: Callable[..., FakeAdminSocket],
+) -> None:
+    server = fake(_answering(STATE_TWO_REPLICAS))
+    HAProxyRuntime(server.path).set_pool_weight("blue", 30)
+    assert server.commands[0] == "show servers state"
+    assert _setters(server) == [
+        "set weight triton_grpc/blue_r1 30",
+        "set weight triton_grpc/blue_r2 30",
+        "set weight triton_http/blue_r1 30",
+        "set weight triton_http/blue_r2 30",
+    ]
+
+
+def test_a_pool_state_reaches_every_replica_server_and_never_a_standby(
+    fake: Callable[..., FakeAdminSocket],
+) -> None:
+    server = fake(_answering(STATE_TWO_REPLICAS))
+    HAProxyRuntime(server.path).set_pool_state("green", "ready")
+    assert _setters(server) == [
+        f"set server {backend}/green_r{i} state ready"
+        for backend in (GRPC_BACKEND, HTTP_BACKEND)
+        for i in (1, 2)
+    ]
+
+
+def test_a_pool_the_proxy_does_not_have_is_an_error_before_any_change(
+    fake: Callable[..., FakeAdminSocket],
+) -> None:
+    server = fake(_answering(STATE_TWO_REPLICAS))
+    with pytest.raises(ProxyError, match="no server of pool 'purple'") as info:
+        HAProxyRuntime(server.path).set_pool_weight("purple", 1)
+    assert info.value.details["missing_backends"] == [GRPC_BACKEND, HTTP_BACKEND]
+    assert _setters(server) == []
+
+
+def test_a_refused_replica_says_which_servers_already_changed(fake: Callable[..., FakeAdminSocket]) -> None:
+    server = fake(
+        lambda cmd: (
+            STATE_TWO_REPLICAS
+            if cmd == "show servers state"
+            else "No such server.\n\n"
+            if cmd.endswith("blue_r2 0")
+            else "\n"
+        )
+    )
+    with pytest.raises(ProxyError) as info:
+        HAProxyRuntime(server.path).set_pool_weight("blue", 0)
+    assert info.value.details["applied_to"] == ["triton_grpc/blue_r1"]
+
+
+class _CannedStates(HAProxyRuntime):
+    """An HAProxyRuntime whose ``show servers state`` answers are captured text; setters are recorded."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(Path("/nonexistent/admin.sock"))
+        self.text = text
+        self.set: list[tuple[str, str, int]] = []
+
+    def servers_state(self, backend: str | None = None) -> list[ServerState]:
+        return [s for s in parse_servers_state(self.text) if backend is None or s.backend == backend]
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None:
+        self.set.append((backend, server, weight))
+        self.text = "\n".join(
+            re.sub(r"^(\d+ \S+ \d+ \S+ \S+ \d+ \d+ )\d+", rf"\g<1>{weight}", line)
+            if line.split()[1:2] == [backend] and line.split()[3:4] == [server]
+            else line
+            for line in self.text.splitlines()
+        )
+
+
+def test_router_weights_are_one_per_pool_and_a_split_pool_is_left_out_until_set_again() -> None:
+    runtime = _CannedStates(STATE_TWO_REPLICAS)
+    router = HAProxyRouter(runtime)
+    # blue_r2 at 50 on the gRPC side, blue_r1 at 100: blue has no one weight.
+    assert router.weights() == {"green": 0}
+
+    router.set_weights({"blue": 100, "green": 0})
+
+    assert router.weights() == {"blue": 100, "green": 0}
+    assert {(b, s) for b, s, w in runtime.set if w == 100} == {
+        (backend, f"blue_r{i}") for backend in (GRPC_BACKEND, HTTP_BACKEND) for i in (1, 2)
+    }
+
+
+def test_a_pool_is_up_only_when_every_replica_server_is() -> None:
+    up = "2 0 {w} {w} 5 15 3 3 6"
+    lines = STATE_DRAIN.splitlines()
+    text = "\n".join(
+        [
+            *lines[:2],
+            f"4 triton_grpc 1 blue_r1 127.0.0.1 {up.format(w=1)} 0 0 0 - 11001 - 0 11000 - - 11000",
+            f"4 triton_grpc 2 blue_r2 127.0.0.1 {up.format(w=1)} 0 0 0 - 11011 - 0 11010 - - 11010",
+            # green_r2 failed its last check and is down.
+            "4 triton_grpc 3 green_r1 127.0.0.1 2 0 0 0 5 15 3 3 6 0 0 0 - 12001 - 0 12000 - - 12000",
+            "4 triton_grpc 4 green_r2 127.0.0.1 0 0 0 0 5 8 2 0 6 0 0 0 - 12011 - 0 12010 - - 12010",
+        ]
+    )
+    router = HAProxyRouter(_CannedStates(text + "\n"))
+    assert router.pool_up("blue")
+    assert not router.pool_up("green")
+    assert not router.pool_up("purple")
+
+
+def _two_replica_stat_with_scur(busy: dict[str, int]) -> str:
+    header, *rows = STAT_TWO_REPLICAS.splitlines()
+    index = header[2:].split(",").index("scur")
+    patched = []
+    for row in rows:
+        cols = row.split(",")
+        if len(cols) > index and f"{cols[0]}/{cols[1]}" in busy:
+            cols[index] = str(busy[f"{cols[0]}/{cols[1]}"])
+        patched.append(",".join(cols))
+    return "\n".join([header, *patched]) + "\n"
+
+
+def test_a_pool_is_idle_only_once_every_replica_and_standby_is(fake: Callable[..., FakeAdminSocket]) -> None:
+    answers = iter(
+        [
+            _two_replica_stat_with_scur({"triton_grpc/blue_r2": 2, "triton_http/blue_r1_standby": 1}),
+            _two_replica_stat_with_scur({"triton_http/blue_r1_standby": 1}),
+            _two_replica_stat_with_scur({"triton_grpc/green_r1": 5}),
+        ]
+    )
+    server = fake(lambda cmd: next(answers))
+    sleeps: list[float] = []
+    HAProxyRuntime(server.path).wait_pool_idle("blue", timeout=10, poll_interval=0.5, sleep=sleeps.append)
+    # Green's busy server is not blue's business.
+    assert sleeps == [0.5, 0.5]
+
+
+def test_waiting_for_a_pool_the_statistics_lack_fails(fake: Callable[..., FakeAdminSocket]) -> None:
+    server = fake(lambda cmd: STAT_TWO_REPLICAS)
+    with pytest.raises(ProxyError, match="no server of pool purple"):
+        HAProxyRuntime(server.path).wait_pool_idle("purple", timeout=1)
 
 
 def test_refusal_names_command_and_answer(fake: Callable[..., FakeAdminSocket]) -> None:
@@ -647,11 +900,19 @@ def test_refusal_names_command_and_answer(fake: Callable[..., FakeAdminSocket]) 
 def test_partial_pool_change_says_which_backend_changed(
     fake: Callable[..., FakeAdminSocket],
 ) -> None:
-    server = fake(lambda cmd: "No such server.\n\n" if "triton_http" in cmd else "\n")
+    server = fake(
+        lambda cmd: (
+            STATE_DOWN
+            if cmd == "show servers state"
+            else "No such server.\n\n"
+            if "triton_http" in cmd
+            else "\n"
+        )
+    )
     with pytest.raises(ProxyError) as info:
         HAProxyRuntime(server.path).set_pool_weight("blue", 0)
     assert "triton_grpc" in str(info.value)
-    assert info.value.details["applied_to"] == ["triton_grpc"]
+    assert info.value.details["applied_to"] == ["triton_grpc/blue"]
 
 
 def test_command_raises_on_unknown_command(fake: Callable[..., FakeAdminSocket]) -> None:
@@ -789,3 +1050,33 @@ def test_haproxy_command_runs_one_process_in_foreground() -> None:
 )
 def test_describe_exit_explains_status(returncode: int, words: str) -> None:
     assert words in describe_exit(returncode)
+
+
+def test_with_a_dns_resolver_a_host_that_does_not_resolve_yet_does_not_stop_the_proxy_from_starting() -> None:
+    text = render_config(_cfg(dns_resolver=("127.0.0.11", 53)))
+
+    assert _section(text, "resolvers pool_hosts")[0] == "nameserver dns1 127.0.0.11:53"
+    assert "default-server init-addr last,libc,none resolvers pool_hosts resolve-prefer ipv4" in _section(
+        text, "defaults"
+    )
+    assert "resolvers" not in render_config(_cfg()), "hosts resolve once at start without one"
+
+
+def test_a_rendered_config_with_a_resolver_and_unresolvable_hosts_passes_haproxys_own_check(
+    tmp_path: Path,
+) -> None:
+    haproxy = shutil.which("haproxy", path="/usr/sbin:/usr/bin")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed")
+    pools = (
+        PoolEndpoint(name="blue", host="triton-blue.invalid", grpc_port=8001, http_port=8000, weight=100),
+        PoolEndpoint(name="green", host="triton-green.invalid", grpc_port=8001, http_port=8000, weight=0),
+    )
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(
+        render_config(_cfg(pools=pools, dns_resolver=("127.0.0.1", 53), admin_socket=tmp_path / "a.sock"))
+    )
+
+    checked = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+
+    assert checked.returncode == 0, checked.stderr

@@ -37,3 +37,10 @@ def test_the_migrations_package_maps_to_the_top_level_folder() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("0001_*.py")) == ["0001_initial.py"]
+
+
+def test_test_modules_outside_packages_have_names_unique_across_the_test_folders() -> None:
+    # pytest imports such modules by their basename: two with one name fail the whole collection.
+    modules = [p for p in (ROOT / "tests").rglob("test_*.py") if not (p.parent / "__init__.py").exists()]
+    names = [p.name for p in modules]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

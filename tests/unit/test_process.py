@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.errors import TritonUnavailable
 from controlplane.procfs import ProcStat, parse_stat, read_cmdline, read_pid_file, read_stat
 from controlplane.runtime.adoption import (
     Action,
@@ -38,6 +39,7 @@ from controlplane.runtime.state import (
     shm_prefix_for,
 )
 from controlplane.traffic.haproxy import PoolEndpoint, ProxyConfig, render_config
+from controlplane.triton.client import ModelStatus
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -73,6 +75,44 @@ def test_a_child_that_dies_is_restarted_and_cleanup_runs_in_between(tmp_path: Pa
         proc.stop()
     assert not proc.is_running()
     assert not (tmp_path / "pid").exists()
+
+
+def test_a_requested_restart_replaces_the_process_at_once_with_cleanup_and_the_restart_hook(
+    tmp_path: Path,
+) -> None:
+    cleanups: list[int] = []
+    restarted: list[bool] = []
+    proc = SupervisedProcess(
+        "sleeper",
+        SLEEPER,
+        log_path=tmp_path / "log",
+        cleanup=lambda: cleanups.append(1),
+        on_restart=lambda: restarted.append(True),
+        pid_file=tmp_path / "pid",
+    )
+    proc.start()
+    try:
+        first = proc.pid
+        started = time.monotonic()
+
+        proc.restart()
+
+        assert proc.pid != first and proc.is_running()
+        # No crash backoff: the new process is there within a fraction of a second.
+        assert time.monotonic() - started < 2
+        _wait_for(lambda: restarted == [True])
+        assert cleanups == [1]
+        assert (tmp_path / "pid").read_text().strip() == str(proc.pid)
+        assert "stopped for a restart" not in (tmp_path / "log").read_text(), "our log, not the child's"
+    finally:
+        proc.stop()
+
+
+def test_restarting_a_process_that_never_started_is_refused(tmp_path: Path) -> None:
+    proc = SupervisedProcess("sleeper", SLEEPER, log_path=tmp_path / "log")
+
+    with pytest.raises(StartupFailed, match="not running"):
+        proc.restart()
 
 
 def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
@@ -592,3 +632,81 @@ def test_a_second_stack_on_the_same_state_directory_is_refused(tmp_path: Path) -
         stack.stop()
     finally:
         os.close(holder)
+
+
+def test_triton_ports_are_never_the_proxys_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The proxy binds its ports only after the Tritons have started: until then the kernel offers them too.
+    candidates = [7001, 7002, *range(7100, 7120)]
+
+    def lowest_free(count: int, host: str = "127.0.0.1", *, exclude: Any = ()) -> list[int]:
+        return [port for port in candidates if port not in exclude][:count]
+
+    monkeypatch.setattr("controlplane.runtime.local.free_ports", lowest_free)
+    stack = LocalStack(
+        tmp_path / "state", host="127.0.0.1", grpc_port=7001, http_port=7002, pool_names=("blue", "green")
+    )
+    chosen = [port for p in stack.pools.values() for port in (p.http_port, p.grpc_port, p.metrics_port)]
+    assert sorted(chosen) == list(range(7100, 7106))
+
+
+class _UnloadingTriton:
+    """A Triton's repository index over time: unload requests move READY models to UNLOADING, then gone."""
+
+    def __init__(self, states: dict[str, list[str]]) -> None:
+        self.states = states  # model -> the states its next index reads return, the last one repeated
+        self.unloaded: list[str] = []
+        self.closed = False
+
+    def repository_index(self) -> list[ModelStatus]:
+        index = []
+        for name, states in self.states.items():
+            state = states.pop(0) if len(states) > 1 else states[0]
+            index.append(ModelStatus(name=name, version="1", state=state, reason=""))
+        return index
+
+    def unload(self, model: str) -> None:
+        self.unloaded.append(model)
+        self.states[model] = ["UNLOADING", "UNAVAILABLE"]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stopping_pool_unloads_its_models_and_waits_until_they_are_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    triton = _UnloadingTriton({"mlp": ["READY"], "two_inputs": ["READY"], "faulty": ["UNAVAILABLE"]})
+    monkeypatch.setattr("controlplane.runtime.local.TritonClient", lambda *_a, **_kw: triton)
+    pool = type("Pool", (), {"name": "green", "grpc_urls": ["127.0.0.1:1"], "admin_headers": {}})()
+    LocalStack._unload_models(pool, timeout=5)  # type: ignore[arg-type]
+    assert triton.unloaded == ["mlp", "two_inputs"]
+    assert triton.states == {"mlp": ["UNAVAILABLE"], "two_inputs": ["UNAVAILABLE"], "faulty": ["UNAVAILABLE"]}
+    assert triton.closed
+
+
+def test_a_stopping_pool_with_a_load_under_way_leaves_the_unloading_to_tritonserver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A reconcile pass that began before the stop: unloading under it would only make it load again.
+    triton = _UnloadingTriton({"mlp": ["READY"], "standby": ["LOADING"]})
+    monkeypatch.setattr("controlplane.runtime.local.TritonClient", lambda *_a, **_kw: triton)
+    pool = type("Pool", (), {"name": "green", "grpc_urls": ["127.0.0.1:1"], "admin_headers": {}})()
+    LocalStack._unload_models(pool, timeout=5)  # type: ignore[arg-type]
+    assert triton.unloaded == []
+    assert triton.closed
+
+
+def test_a_stopping_pool_whose_triton_does_not_answer_is_stopped_all_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Silent(_UnloadingTriton):
+        def repository_index(self) -> list[ModelStatus]:
+            raise TritonUnavailable("Triton did not answer repository index")
+
+    silent = Silent({})
+    monkeypatch.setattr("controlplane.runtime.local.TritonClient", lambda *_a, **_kw: silent)
+    pool = type("Pool", (), {"name": "blue", "grpc_urls": ["127.0.0.1:1"], "admin_headers": {}})()
+    started = time.monotonic()
+    LocalStack._unload_models(pool, timeout=5)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 1
+    assert silent.unloaded == [] and silent.closed

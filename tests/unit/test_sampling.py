@@ -152,3 +152,85 @@ def test_pool_sampler_without_a_triton_for_the_pool_says_so(triton: TritonMetric
     sampler = PoolSampler(CannedRuntime(parse_stat_csv(SHOW_STAT)), {"blue": triton})
     with pytest.raises(KeyError, match="no Triton metrics client for pool 'green'"):
         sampler("green", ["mlp"])
+
+
+# --------------------------------------------------------------------------
+# A pool of two replicas: fixtures/haproxy_show_stat_two_replicas.txt (see test_haproxy_config)
+
+STAT_TWO_REPLICAS = (FIXTURES / "haproxy_show_stat_two_replicas.txt").read_text()
+
+
+def _metrics_client(text: str, host: str) -> TritonMetricsClient:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, text=text))
+    return TritonMetricsClient(f"http://{host}:8002", transport=transport)
+
+
+def _two_replica_rows() -> list[StatRow]:
+    """Blue's traffic spread over both replicas, one standby, both backends; green's on its first replica."""
+    traffic = {
+        ("triton_grpc", "blue_r1"): (7, 1, 0),
+        ("triton_grpc", "blue_r2"): (6, 0, 1),
+        ("triton_grpc", "blue_r2_standby"): (2, 0, 0),
+        ("triton_http", "blue_r1"): (3, 1, 0),
+        ("triton_http", "blue_r1_standby"): (1, 0, 0),
+        ("triton_grpc", "green_r1"): (50, 9, 9),
+    }
+    rows = []
+    for row in parse_stat_csv(STAT_TWO_REPLICAS):
+        stot, hrsp_5xx, eresp = traffic.get((row.pxname, row.svname), (row.stot, row.hrsp_5xx, row.eresp))
+        rows.append(dataclasses.replace(row, stot=stot, hrsp_5xx=hrsp_5xx, eresp=eresp))
+    return rows
+
+
+def test_a_pool_of_two_replicas_sums_every_replica_and_standby_row_and_table_entry() -> None:
+    table = (
+        "# table: grpc_errors, type: string, size:1024, used:4\n"
+        "0x1: key=blue_r1 use=0 exp=0 http_req_cnt=2\n"
+        "0x2: key=blue_r2 use=0 exp=0 http_req_cnt=3\n"
+        "0x3: key=blue_r2_standby use=0 exp=0 http_req_cnt=1\n"
+        "0x4: key=green_r1 use=0 exp=0 http_req_cnt=40\n\n"
+    )
+    runtime = CannedRuntime(_two_replica_rows(), table=table)
+    slower = TRITON_TRAFFIC.replace(
+        'nv_inference_request_summary_us{model="mlp",version="2",quantile="0.99"} 563',
+        'nv_inference_request_summary_us{model="mlp",version="2",quantile="0.99"} 1200',
+    )
+    first, second = _metrics_client(TRITON_TRAFFIC, "r1"), _metrics_client(slower, "r2")
+    with first, second:
+        sample = sample_pool(
+            pool="blue", runtime=runtime, triton=[first, second], models=["mlp"], clock=lambda: 1.0
+        )
+    assert sample == PoolSample(
+        at=1.0,
+        proxy_requests=7 + 6 + 2 + 3 + 1,
+        # Table entries of every blue server (replicas and standbys), then 5xx and eresp of their rows.
+        proxy_errors=(2 + 3 + 1) + (1 + 1) + 1,
+        # Each replica counted 10 successes of mlp.
+        triton_success=20,
+        triton_failure=0,
+        # The slower replica's p99 is the pool's.
+        p99_us=1200.0,
+    )
+
+
+def test_a_replica_whose_metrics_do_not_answer_fails_the_pools_reading() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    good = _metrics_client(TRITON_TRAFFIC, "r1")
+    down = TritonMetricsClient("http://r2:8002", transport=httpx.MockTransport(refuse))
+    with good, down:
+        sampler = PoolSampler(CannedRuntime(_two_replica_rows()), {"blue": [good, down]})
+        with pytest.raises(TritonUnavailable, match="r2"):
+            sampler("blue", ["mlp"])
+
+
+def test_a_pool_of_replicas_missing_from_one_backend_is_an_error() -> None:
+    rows = [
+        r
+        for r in _two_replica_rows()
+        if not (r.pxname == "triton_http" and r.svname in ("blue_r1", "blue_r2"))
+    ]
+    with _metrics_client(TRITON_TRAFFIC, "r1") as client, pytest.raises(ProxyError, match="triton_http"):
+        # A standby row alone does not make the pool present: it serves only when its replica is down.
+        sample_pool(pool="blue", runtime=CannedRuntime(rows), triton=[client], models=["mlp"])

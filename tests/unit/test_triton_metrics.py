@@ -22,7 +22,12 @@ import pytest
 
 from controlplane.errors import TritonUnavailable
 from controlplane.runtime.ports import free_ports
-from controlplane.triton.metrics import TritonCounters, TritonMetricsClient, parse_triton_metrics
+from controlplane.triton.metrics import (
+    TritonCounters,
+    TritonMetricsClient,
+    combine_counters,
+    parse_triton_metrics,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAFFIC = (FIXTURES / "triton_metrics_traffic.txt").read_text()
@@ -209,3 +214,17 @@ def test_scrape_refuses_a_bare_string_before_any_request() -> None:
     with pytest.raises(TypeError):
         _client(httpx.MockTransport(handler)).scrape("mlp")
     assert requested == []
+
+
+def test_replica_counters_add_up_and_the_pools_p99_is_the_largest() -> None:
+    busy = parse_triton_metrics(TRAFFIC, ["mlp"])
+    idle = parse_triton_metrics(IDLE, ["mlp"])
+    combined = combine_counters([busy, idle, busy])
+    assert (combined.success, combined.failure) == (2 * busy.success, 2 * busy.failure)
+    # The idle replica has no p99 (no recent request): it neither lowers nor hides the others'.
+    assert idle.p99_us is None
+    assert combined.p99_us == busy.p99_us
+    assert combined.models_seen == busy.models_seen | idle.models_seen
+    assert combine_counters([idle]).p99_us is None
+    with pytest.raises(ValueError):
+        combine_counters([])
