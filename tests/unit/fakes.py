@@ -142,7 +142,7 @@ class FakeTriton:
     def is_ready(self) -> bool:
         return self.up
 
-    def wait_server_ready(self, timeout: float) -> None:
+    def wait_server_ready(self, timeout: float, *, sleep: Callable[[float], None] = lambda _s: None) -> None:
         if not self.up:
             raise TritonUnavailable("Triton did not become ready")
 
