@@ -36,7 +36,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from controlplane.domain.claims import Claim, Holder, HolderKind, Lease
-from controlplane.errors import PoolBusy
+from controlplane.errors import ControlPlaneError, PoolBusy
 from controlplane.procfs import read_stat
 from controlplane.registry import claim_store
 from controlplane.registry.db import Database
@@ -96,6 +96,17 @@ class PoolClaims:
         pools = claim_store.release(session, holder)
         self.done(holder)
         return pools
+
+    def end(self, holder: Holder) -> None:
+        """Release ``holder``'s claims in a transaction of their own; if the database refuses, the
+        lease runs out by itself (logged), so an ending operation never fails on its release."""
+        try:
+            with self.db.transaction() as session:
+                self.release(session, holder)
+        except ControlPlaneError as exc:
+            log.warning("releasing the claim of %s: %s; its lease will run out", holder, exc.message)
+        finally:
+            self.done(holder)
 
     def adopt(self, holder: Holder) -> bool:
         """Drive an operation whose owner is gone (or is this instance); False if another still drives it."""

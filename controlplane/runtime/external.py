@@ -37,10 +37,10 @@ from pathlib import Path
 from controlplane.errors import ControlPlaneError, StartupFailed
 from controlplane.files import write_atomically
 from controlplane.runtime.process import SupervisedProcess
+from controlplane.runtime.readiness import stack_readiness
 from controlplane.staging.repository import PoolRepository
 from controlplane.traffic.haproxy import HAProxyRuntime, PoolEndpoint, ProxyConfig, render_config
 from controlplane.traffic.haproxy_config import validate_host, validate_pool_name
-from controlplane.triton.client import TritonClient
 from controlplane.triton.server_command import (
     ADMIN_KEY_HEADER,
     GRPC_ADMIN_KEY_HEADER,
@@ -254,20 +254,14 @@ class ExternalStack:
 
     def readiness(self) -> dict[str, str]:
         """One entry per replica and the proxy: "ok" or what is wrong."""
-        checks: dict[str, str] = {}
-        for pool in self.pools.values():
-            for host, url in zip(pool.hosts, pool.grpc_urls, strict=True):
-                client = TritonClient(url, timeout=2.0, headers=pool.admin_headers)
-                try:
-                    checks[f"triton:{pool.name}:{host}"] = "ok" if client.is_ready() else "not ready"
-                finally:
-                    client.close()
-        try:
-            self.runtime.servers_state()
-            checks["proxy"] = "ok"
-        except ControlPlaneError as exc:
-            checks["proxy"] = exc.message
-        return checks
+        return stack_readiness(
+            (
+                (f"triton:{pool.name}:{host}", url, pool.admin_headers)
+                for pool in self.pools.values()
+                for host, url in zip(pool.hosts, pool.grpc_urls, strict=True)
+            ),
+            self.runtime,
+        )
 
     def stop(self) -> None:
         """Nothing to stop: the Tritons and the proxy belong to whoever runs them."""

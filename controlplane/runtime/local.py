@@ -100,6 +100,7 @@ from controlplane.runtime.cleanup import clean_triton_leftovers
 from controlplane.runtime.permissions import chmod_if_exists, make_traversable, private_dir, secure_state_dir
 from controlplane.runtime.ports import free_ports, port_is_free
 from controlplane.runtime.process import AdoptedProcess, SupervisedProcess, terminate
+from controlplane.runtime.readiness import stack_readiness
 from controlplane.runtime.state import (
     FILE_NAME,
     PoolState,
@@ -782,21 +783,18 @@ class LocalStack:
 
     def readiness(self) -> dict[str, str]:
         """One entry per Triton (``triton:<pool>``, or ``triton:<pool>:r<i>`` for replicas) and the proxy."""
-        checks: dict[str, str] = {}
-        for pool in self.pools.values():
-            for replica in pool.replicas:
-                key = f"triton:{pool.name}" if replica.count == 1 else f"triton:{pool.name}:r{replica.index}"
-                client = TritonClient(replica.grpc_url, timeout=2.0, headers=pool.admin_headers)
-                try:
-                    checks[key] = "ok" if client.is_ready() else "not ready"
-                finally:
-                    client.close()
-        try:
-            self.runtime.servers_state()
-            checks["proxy"] = "ok"
-        except ControlPlaneError as exc:
-            checks["proxy"] = exc.message
-        return checks
+        return stack_readiness(
+            (
+                (
+                    f"triton:{pool.name}" if replica.count == 1 else f"triton:{pool.name}:r{replica.index}",
+                    replica.grpc_url,
+                    pool.admin_headers,
+                )
+                for pool in self.pools.values()
+                for replica in pool.replicas
+            ),
+            self.runtime,
+        )
 
     def stop(self) -> None:
         """Stop the proxy first (no new requests), then the pools; adopted processes too.

@@ -154,7 +154,7 @@ class PoolRecycler:
         try:
             outcome = self._recycle_claimed(pool, release)
         finally:
-            self._release(holder)
+            self.claims.end(holder)
         audit.record(
             self.db,
             actor=actor,
@@ -199,12 +199,3 @@ class PoolRecycler:
             memory_after=self.processes.memory_bytes(pool.name),
             models=tuple(sorted(release)),
         )
-
-    def _release(self, holder: Holder) -> None:
-        try:
-            with self.db.transaction() as session:
-                self.claims.release(session, holder)
-        except ControlPlaneError as exc:
-            log.warning("releasing the claim of %s: %s; its lease will run out", holder, exc.message)
-        finally:
-            self.claims.done(holder)

@@ -22,7 +22,6 @@ from controlplane.domain.claims import Holder, HolderKind
 from controlplane.domain.models import ModelVersion
 from controlplane.errors import (
     ArtifactCorrupted,
-    ControlPlaneError,
     ModelLoadFailed,
     PoolBusy,
     SmokeTestFailed,
@@ -98,18 +97,8 @@ class PoolRepair:
             try:
                 changes.extend(self._repair(pool))
             finally:
-                self._release_quietly(holder)
+                self.claims.end(holder)
         return changes
-
-    def _release_quietly(self, holder: Holder) -> None:
-        """End ``holder``'s claims; if the database refuses, its lease runs out by itself."""
-        try:
-            with self.db.transaction() as session:
-                self.claims.release(session, holder)
-        except ControlPlaneError as exc:
-            log.warning("releasing the claim of %s: %s; its lease will run out", holder, exc.message)
-        finally:
-            self.claims.done(holder)
 
     def repair_claimed(self, pool: Pool) -> list[str]:
         """Repair ``pool``, whose claim the caller holds (a recycle); return what changed."""
