@@ -1,7 +1,8 @@
 """Print the requirements of pyproject.toml, one per line, for a pip install inside an image build.
 
-    python3 requirements.py PYPROJECT                 # every dependency
-    python3 requirements.py PYPROJECT NAME [NAME...]  # only these (each must be listed)
+    python3 requirements.py PYPROJECT                 # every dependency (no extras)
+    python3 requirements.py PYPROJECT NAME [NAME...]  # only these, from the dependencies or any
+                                                      # extra (each must be listed)
 
 Only the standard library: it runs on the bare Python of the base image.
 """
@@ -19,11 +20,13 @@ def canonical(name: str) -> str:
 
 def requirements(pyproject: str, names: list[str]) -> list[str]:
     with open(pyproject, "rb") as f:
-        dependencies: list[str] = tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    dependencies: list[str] = project["dependencies"]
     if not names:
         return dependencies
+    extras: dict[str, list[str]] = project.get("optional-dependencies", {})
     by_name = {}
-    for requirement in dependencies:
+    for requirement in dependencies + [r for listed in extras.values() for r in listed]:
         match = re.match(r"[A-Za-z0-9_.-]+", requirement)
         if match:
             by_name[canonical(match.group(0))] = requirement

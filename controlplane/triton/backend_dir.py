@@ -81,7 +81,10 @@ def pytriton_layout() -> PytritonLayout:
     """
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'pytriton' (nvidia-pytriton) is not installed")
+        raise FileNotFoundError(
+            "the embedded runtime needs the nvidia-pytriton package, which is not installed:"
+            " pip install 'triton-controlplane[embedded]' (or run with CONTROLPLANE_RUNTIME=external)"
+        )
     return PytritonLayout(package_dir=Path(next(iter(spec.submodule_search_locations))))
 
 

@@ -22,7 +22,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,6 +96,18 @@ def test_every_form_of_the_compose_file_is_valid(engine: None, files: tuple[Path
     assert config["networks"]["private"]["internal"] is True
     for name in (*tritons, "postgres"):
         assert list(services[name]["networks"]) == ["private"], name
+    # The images pip installs into take the CA bundle as a build secret, empty unless one is named.
+    pip_builds = {
+        s
+        for s, service in services.items()
+        if service.get("build", {})
+        .get("dockerfile", "")
+        .endswith(("controlplane.Dockerfile", "triton-cpu.Dockerfile"))
+    }
+    assert "controlplane" in pip_builds
+    for name in pip_builds:
+        assert [secret["source"] for secret in services[name]["build"]["secrets"]] == ["pipca"], name
+    assert config["secrets"]["pipca"]["file"] == "/dev/null"
     if GPU in files:
         triton = services["triton-blue"]
         assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:25.07")
@@ -201,7 +215,7 @@ def compose_stack(images: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         assert stack.leftovers() == {"container": [], "volume": [], "network": []}
 
 
-def _rollout(stack: ComposeStack, body: dict[str, object]) -> dict[str, object]:
+def _rollout(stack: ComposeStack, body: dict[str, object]) -> dict[str, Any]:
     with stack.client() as client:
         created = client.post("/v1/rollouts", json=body)
         assert created.status_code == 202, created.text
@@ -212,6 +226,39 @@ def _rollout(stack: ComposeStack, body: dict[str, object]) -> dict[str, object]:
 
         _wait(ended, 180, f"rollout {rollout_id}")
         return client.get(f"/v1/rollouts/{rollout_id}").json()
+
+
+def _promote_overhead(stack: ComposeStack, rollout: dict[str, Any]) -> tuple[float, float]:
+    """Seconds from the rollout's creation to its first weight move, and Triton's own load time.
+
+    Triton's load time is read from the target pool's logs ("loading: M:V" to "successfully loaded
+    'M'", with the engine's timestamps), the slowest replica counting: the rest is the control plane's.
+    """
+    created = datetime.fromisoformat(rollout["created_at"])
+    shifting = min(datetime.fromisoformat(e["at"]) for e in rollout["events"] if e["to_state"] == "shifting")
+    model, version = rollout["model"], rollout["version"]
+    services = [f"triton-{rollout['target_pool']}", f"triton-{rollout['target_pool']}-2"]
+    loads: list[float] = []
+    for service in services:
+        lines = stack.compose(
+            "logs", "--no-color", "--no-log-prefix", "--timestamps", service
+        ).stdout.splitlines()
+        started = [_log_time(line) for line in lines if f"loading: {model}:{version}" in line]
+        loaded = [_log_time(line) for line in lines if f"successfully loaded '{model}'" in line]
+        assert started and loaded, f"no load of {model}:{version} in {service}'s log:\n" + "\n".join(
+            lines[-20:]
+        )
+        end = min(t for t in loaded if t >= started[-1])
+        loads.append((end - started[-1]).total_seconds())
+    return (shifting - created).total_seconds(), max(loads)
+
+
+def _log_time(line: str) -> datetime:
+    """The engine's timestamp that starts a `docker compose logs --timestamps` line."""
+    stamp = line.split(" ", 1)[0]
+    # Nanoseconds: fromisoformat takes at most microseconds.
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{whole}.{fraction[:6].ljust(6, '0')}+00:00")
 
 
 def test_the_compose_stack_serves_rolls_out_rolls_back_survives_and_recycles_with_no_failed_request(
@@ -260,6 +307,7 @@ def test_the_compose_stack_serves_rolls_out_rolls_back_survives_and_recycles_wit
         )
         assert canary["state"] == "succeeded", canary["reason"]
         after_canary = len(load.answers)
+        to_first_weight, triton_load = _promote_overhead(stack, canary)
         with stack.client() as client:
             back = client.post("/v1/models/mlp/rollback")
         assert back.status_code == 202, back.text
@@ -272,6 +320,11 @@ def test_the_compose_stack_serves_rolls_out_rolls_back_survives_and_recycles_wit
     print(
         f"canary + rollback under 8 streams: {len(load.answers)} requests "
         f"({after_canary} during the canary), 0 failed"
+    )
+    print(
+        f"canary call -> first weight on v2 {to_first_weight:.2f} s; Triton's own load of v2 "
+        f"{triton_load:.2f} s (slowest replica, from its log); "
+        f"overhead {to_first_weight - triton_load:+.2f} s"
     )
 
     # Kill the control plane mid-rollout: the container restarts, the new process adopts and finishes.
