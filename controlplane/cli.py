@@ -323,7 +323,41 @@ def rollout_start(
     bake_seconds: Annotated[float, typer.Option(help="How long the old pool stays warm.")] = 60.0,
     max_error_rate: Annotated[float | None, typer.Option(help="Gate: fraction of failed requests.")] = None,
     max_p99_ms: Annotated[float | None, typer.Option(help="Gate: p99 latency in ms.")] = None,
-    min_requests: Annotated[int, typer.Option(help="Requests an error-rate verdict needs.")] = 20,
+    min_requests: Annotated[
+        int, typer.Option(help="Requests the candidate must serve in a step before its gates count.")
+    ] = 20,
+    max_hold_seconds: Annotated[
+        float, typer.Option(help="How long a step holds for --min-requests before --on-no-data applies.")
+    ] = 300.0,
+    on_no_data: Annotated[
+        str, typer.Option(help="After the hold without enough traffic: abort, hold or promote.")
+    ] = "abort",
+    max_error_rate_increase: Annotated[
+        float | None, typer.Option(help="Gate: candidate error rate minus the baseline pool's.")
+    ] = None,
+    max_p99_ratio: Annotated[
+        float | None, typer.Option(help="Gate: candidate p99 over the baseline pool's.")
+    ] = None,
+    golden: Annotated[
+        bool, typer.Option("--golden/--no-golden", help="Run the version's golden set before traffic.")
+    ] = True,
+    warmup_requests: Annotated[
+        int, typer.Option(help="Inferences sent to each candidate replica before traffic.")
+    ] = 10,
+    metric: Annotated[
+        str | None, typer.Option(help="A version metric that must not be worse than production's.")
+    ] = None,
+    metric_max_drop: Annotated[float, typer.Option(help="How much worse --metric may be.")] = 0.0,
+    metric_lower_is_better: Annotated[
+        bool, typer.Option("--metric-lower-is-better", help="--metric is a loss (lower is better).")
+    ] = False,
+    allow_breaking: Annotated[
+        bool,
+        typer.Option(
+            "--allow-breaking",
+            help="Roll out an interface that breaks clients (needs a new major api_version).",
+        ),
+    ] = False,
     watch: WatchFlag = True,
     api: ApiUrl = DEFAULT_API,
     as_json: JsonFlag = False,
@@ -340,7 +374,21 @@ def rollout_start(
         "steps": parsed_steps,
         "step_seconds": step_seconds,
         "bake_seconds": bake_seconds,
-        "gates": {"max_error_rate": max_error_rate, "max_p99_ms": max_p99_ms, "min_requests": min_requests},
+        "gates": {
+            "max_error_rate": max_error_rate,
+            "max_p99_ms": max_p99_ms,
+            "min_requests": min_requests,
+            "max_hold_seconds": max_hold_seconds,
+            "on_no_data": on_no_data,
+            "max_error_rate_increase": max_error_rate_increase,
+            "max_p99_ratio": max_p99_ratio,
+            "golden": golden,
+            "warmup_requests": warmup_requests,
+            "metric": metric,
+            "metric_max_drop": metric_max_drop,
+            "metric_lower_is_better": metric_lower_is_better,
+        },
+        "allow_breaking": allow_breaking,
     }
     _finish(api, _request("POST", api, "/v1/rollouts", json=body), watch, as_json)
 
@@ -406,7 +454,6 @@ def rollback(
 ) -> None:
     """Return a model to its previous production version."""
     _finish(api, _request("POST", api, f"/v1/models/{model}/rollback"), watch, as_json)
-
 
 
 # -- pools ---------------------------------------------------------------------------------

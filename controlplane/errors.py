@@ -112,6 +112,12 @@ class SmokeTestFailed(ControlPlaneError):
     code = "smoke_test_failed"
 
 
+class CandidateRejected(ControlPlaneError):
+    """A staged candidate failed a check before traffic (golden set, warm-up); ``details`` say how."""
+
+    code = "candidate_rejected"
+
+
 class ProxyError(ControlPlaneError):
     """The traffic proxy refused a runtime command or could not be reached."""
 

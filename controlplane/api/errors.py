@@ -27,6 +27,7 @@ STATUS_BY_TYPE: tuple[tuple[type[errors.ControlPlaneError], int], ...] = (
     (errors.InvalidInput, 422),
     (errors.Conflict, 409),
     (errors.DeployFailed, 422),
+    (errors.CandidateRejected, 422),
     (errors.DeployPending, 202),
     (errors.ArtifactCorrupted, 422),
     (errors.StaleSchema, 503),

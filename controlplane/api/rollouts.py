@@ -8,7 +8,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.api.auth import Authenticator
-from controlplane.domain.analysis import Gates
+from controlplane.domain.analysis import (
+    DEFAULT_MAX_HOLD_SECONDS,
+    DEFAULT_MIN_REQUESTS,
+    DEFAULT_WARMUP_REQUESTS,
+    MAX_GATE_COUNT,
+    MAX_HOLD_SECONDS,
+    Gates,
+)
 from controlplane.domain.auth import Permission
 from controlplane.domain.limits import MAX_ID
 from controlplane.domain.models import validate_model_name
@@ -23,8 +30,39 @@ class GatesIn(BaseModel):
     max_error_rate: float | None = Field(default=None, ge=0, le=1, description="fraction of failed requests")
     max_p99_ms: float | None = Field(default=None, gt=0, le=86_400_000)
     min_requests: int = Field(
-        default=20, ge=0, le=MAX_ID, description="below this, the error-rate gate lacks data"
+        default=DEFAULT_MIN_REQUESTS,
+        ge=0,
+        le=MAX_GATE_COUNT,
+        description="requests the candidate must serve in a step's window before its gates count",
     )
+    max_hold_seconds: float = Field(
+        default=DEFAULT_MAX_HOLD_SECONDS,
+        ge=0,
+        le=MAX_HOLD_SECONDS,
+        description="how long a step holds for min_requests before on_no_data applies",
+    )
+    on_no_data: Literal["abort", "hold", "promote"] = Field(
+        default="abort",
+        description="after max_hold_seconds without enough traffic: roll back, keep holding, or go on",
+    )
+    max_error_rate_increase: float | None = Field(
+        default=None, ge=0, le=1, description="candidate error rate minus the baseline pool's, same window"
+    )
+    max_p99_ratio: float | None = Field(
+        default=None, gt=0, le=1_000_000, description="candidate p99 over the baseline pool's, same window"
+    )
+    golden: bool = Field(default=True, description="run the version's golden set before any traffic")
+    warmup_requests: int = Field(
+        default=DEFAULT_WARMUP_REQUESTS,
+        ge=0,
+        le=MAX_GATE_COUNT,
+        description="inferences sent to every candidate replica before it gets traffic",
+    )
+    metric: str | None = Field(
+        default=None, max_length=128, description="a version metric that must not be worse than production's"
+    )
+    metric_max_drop: float = Field(default=0.0, ge=0, le=1e12, description="how much worse it may be")
+    metric_lower_is_better: bool = Field(default=False, description="the metric is a loss (lower is better)")
 
 
 class RolloutIn(BaseModel):
@@ -39,6 +77,10 @@ class RolloutIn(BaseModel):
     step_seconds: float = Field(default=30.0, ge=0, le=3600)
     bake_seconds: float = Field(default=60.0, ge=0, le=86400)
     gates: GatesIn = Field(default_factory=GatesIn)
+    allow_breaking: bool = Field(
+        default=False,
+        description="roll out an interface that breaks clients (needs a new major api_version)",
+    )
 
 
 class RolloutEventOut(BaseModel):
@@ -144,7 +186,7 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
             steps=body.steps,
             step_seconds=body.step_seconds,
             bake_seconds=body.bake_seconds,
-            gates=Gates(**body.gates.model_dump()),
+            gates=Gates(**body.gates.model_dump(), allow_breaking=body.allow_breaking),
         )
         rollout = engine.start(spec, actor=actor)
         return accepted(rollout)

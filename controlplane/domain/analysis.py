@@ -26,13 +26,21 @@ Why both sources (measured with tritonserver 2.51, see
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from controlplane.errors import InvalidInput
 
 DEFAULT_MIN_REQUESTS = 20
+DEFAULT_MAX_HOLD_SECONDS = 300.0
+DEFAULT_WARMUP_REQUESTS = 10
+MAX_GATE_COUNT = 1_000_000
+MAX_HOLD_SECONDS = 86_400.0
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
 
 
 def _is_number(value: object) -> bool:
@@ -40,18 +48,36 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+class OnNoData(enum.StrEnum):
+    """What a step does once it has held for ``Gates.max_hold_seconds`` without enough traffic."""
+
+    ABORT = "abort"
+    """Roll back, saying so (the default: no evidence is no promotion)."""
+    HOLD = "hold"
+    """Keep holding until traffic comes or an operator promotes or aborts."""
+    PROMOTE = "promote"
+    """Go on without evidence (chosen knowingly, e.g. for a model nobody calls yet)."""
+
+
 @dataclass(frozen=True)
 class Gates:
-    """Thresholds a candidate pool must stay within during one analysis window.
+    """What a rollout judges its candidate by: before traffic, and between steps.
 
-    A gate set to None is not checked. ``min_requests`` is the least traffic
-    the error-rate gate needs: with fewer requests in the window one error
-    swings the rate by more than any sensible threshold, so the gate reports
-    "insufficient traffic" and passes rather than failing a rollout on noise
-    (or blocking it forever on an idle model). It still fails when the errors
-    already seen would breach the gate even had the window reached
-    ``min_requests`` with every other request succeeding: a candidate that
-    fails all of its few requests is not let through for lack of traffic.
+    A threshold set to None is not checked.
+
+    Before any weight moves (on the idle pool): the version's golden set, if it
+    has one (``golden``), and ``warmup_requests`` inferences on every replica.
+    At the start: the interface against the version serving (refused when it
+    breaks clients unless ``allow_breaking`` and a new major ``api_version``)
+    and, with ``metric``, the version's metric against production's.
+
+    Between steps (the analysis window): a step's gates count only once the
+    candidate served ``min_requests`` in the window. With fewer, the step holds
+    and measures again, up to ``max_hold_seconds``; then ``on_no_data`` decides.
+    Absolute gates (``max_error_rate``, ``max_p99_ms``) judge the candidate
+    alone; relative ones compare it with the baseline pool over the same window
+    (``max_error_rate_increase``: candidate minus baseline error rate;
+    ``max_p99_ratio``: candidate p99 over baseline p99).
     """
 
     max_error_rate: float | None = None
@@ -59,9 +85,45 @@ class Gates:
     max_p99_ms: float | None = None
     """Largest tolerated 99th percentile request duration in milliseconds, as Triton measures it."""
     min_requests: int = DEFAULT_MIN_REQUESTS
+    """Requests the candidate must serve in a window before the window's gates count."""
+    max_hold_seconds: float = DEFAULT_MAX_HOLD_SECONDS
+    """How long a step may hold for ``min_requests`` before ``on_no_data`` applies."""
+    on_no_data: OnNoData = OnNoData.ABORT
+    max_error_rate_increase: float | None = None
+    """Largest tolerated candidate error rate minus the baseline's, over the same window."""
+    max_p99_ratio: float | None = None
+    """Largest tolerated candidate p99 over the baseline's p99, over the same window."""
+    golden: bool = True
+    """Run the version's golden set (when it has one) on the candidate before traffic."""
+    warmup_requests: int = DEFAULT_WARMUP_REQUESTS
+    """Inferences sent to every candidate replica before it gets traffic (0: none)."""
+    allow_breaking: bool = False
+    """Roll out an interface that breaks clients (the version must declare a new major api_version)."""
+    metric: str | None = None
+    """A metric of the versions' metadata the candidate must not be worse at than production."""
+    metric_max_drop: float = 0.0
+    """How much worse than production's the candidate's ``metric`` may be."""
+    metric_lower_is_better: bool = False
+    """``metric`` is a loss or an error (lower is better) rather than accuracy-like."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.on_no_data, str) and not isinstance(self.on_no_data, OnNoData):
+            with contextlib.suppress(ValueError):  # validate() names it
+                object.__setattr__(self, "on_no_data", OnNoData(self.on_no_data))
         self.validate()
+
+    @property
+    def judges_traffic(self) -> bool:
+        """Whether any gate needs the candidate's traffic (so a window without any is no evidence)."""
+        return any(
+            limit is not None
+            for limit in (
+                self.max_error_rate,
+                self.max_p99_ms,
+                self.max_error_rate_increase,
+                self.max_p99_ratio,
+            )
+        )
 
     def validate(self) -> None:
         """Raise InvalidInput (code ``invalid_gates``) naming every invalid threshold."""
@@ -69,15 +131,35 @@ class Gates:
         rate = self.max_error_rate
         if rate is not None and (not _is_number(rate) or not 0.0 <= rate <= 1.0):
             problems.append(f"max_error_rate must be a fraction between 0 and 1, got {rate!r}")
-        p99 = self.max_p99_ms
-        if p99 is not None and (not _is_number(p99) or not math.isfinite(p99) or p99 <= 0):
-            problems.append(f"max_p99_ms must be a positive number of milliseconds, got {p99!r}")
-        if (
-            isinstance(self.min_requests, bool)
-            or not isinstance(self.min_requests, int)
-            or self.min_requests < 0
+        increase = self.max_error_rate_increase
+        if increase is not None and (not _is_number(increase) or not 0.0 <= increase <= 1.0):
+            problems.append(f"max_error_rate_increase must be a fraction between 0 and 1, got {increase!r}")
+        for name in ("max_p99_ms", "max_p99_ratio"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not math.isfinite(value) or value <= 0):
+                problems.append(f"{name} must be a positive number, got {value!r}")
+        for name in ("min_requests", "warmup_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GATE_COUNT:
+                problems.append(f"{name} must be an integer within 0..{MAX_GATE_COUNT}, got {value!r}")
+        hold = self.max_hold_seconds
+        if not _is_number(hold) or not 0 <= hold <= MAX_HOLD_SECONDS:
+            problems.append(f"max_hold_seconds must be within 0..{MAX_HOLD_SECONDS}, got {hold!r}")
+        if not isinstance(self.on_no_data, OnNoData):
+            choices = ", ".join(o.value for o in OnNoData)
+            problems.append(f"on_no_data must be one of {choices}, got {self.on_no_data!r}")
+        for name in ("golden", "allow_breaking", "metric_lower_is_better"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.metric is not None and (
+            not isinstance(self.metric, str) or not _METRIC_NAME.fullmatch(self.metric)
         ):
-            problems.append(f"min_requests must be an integer >= 0, got {self.min_requests!r}")
+            problems.append(
+                f"metric must be a metric name (letters, digits, '_', '-', '.', '/'), got {self.metric!r}"
+            )
+        drop = self.metric_max_drop
+        if not _is_number(drop) or not math.isfinite(drop) or drop < 0:
+            problems.append(f"metric_max_drop must be a number >= 0, got {drop!r}")
         if problems:
             raise InvalidInput(
                 "invalid analysis gates: " + "; ".join(problems),
@@ -87,7 +169,7 @@ class Gates:
 
     def as_dict(self) -> dict[str, Any]:
         """The gates as JSON-ready values."""
-        return asdict(self)
+        return {**asdict(self), "on_no_data": OnNoData(self.on_no_data).value}
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,14 @@ def make_spec(
     ).validate()
 
 
-def one_step_spec(model: str, version: int, strategy: Strategy) -> RolloutSpec:
-    """All traffic at once, no analysis, no bake: a deploy (inplace) or a rollback (blue-green)."""
+def one_step_spec(
+    model: str, version: int, strategy: Strategy, *, allow_breaking: bool = False
+) -> RolloutSpec:
+    """All traffic at once, no analysis, no bake: a deploy (inplace) or a rollback (blue-green).
+
+    The golden set is not run again: a rollback returns to a version that
+    served before, and must be quick; warm-up still runs.
+    """
     return RolloutSpec(
         model=model,
         version=version,
@@ -146,7 +152,7 @@ def one_step_spec(model: str, version: int, strategy: Strategy) -> RolloutSpec:
         steps=(100,),
         step_seconds=0.0,
         bake_seconds=0.0,
-        gates=Gates(),
+        gates=Gates(golden=False, allow_breaking=allow_breaking),
     ).validate()
 
 

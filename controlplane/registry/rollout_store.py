@@ -12,7 +12,6 @@ one) from the transaction that creates it to the transition that ends it:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -228,7 +227,7 @@ def create_rollout(
         steps=list(spec.steps),
         step_seconds=spec.step_seconds,
         bake_seconds=spec.bake_seconds,
-        gates=dataclasses.asdict(spec.gates),
+        gates=spec.gates.as_dict(),
         step_index=None,
         requested_action=None,
         reason="",

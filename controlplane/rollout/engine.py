@@ -60,6 +60,7 @@ from controlplane.domain.rollouts import (
 from controlplane.domain.versions import VersionEvent
 from controlplane.errors import (
     ArtifactCorrupted,
+    CandidateRejected,
     Conflict,
     ControlPlaneError,
     DeployFailed,
@@ -79,12 +80,16 @@ from controlplane.traffic.router import TrafficRouter
 log = logging.getLogger(__name__)
 
 Sampler = Callable[[str, Collection[str]], PoolSample]
+Admission = Callable[[RolloutSpec], None]
+"""Raises (InvalidInput, Conflict) when a rollout may not start (interface, metrics); see ``start``."""
+CandidateChecks = Callable[[Rollout, Pool], Mapping[str, object]]
+"""Proves a staged candidate before traffic (golden set, warm-up): its report, or CandidateRejected."""
 
 # Verdicts on the version or its pool. An unreachable Triton is not one: it is waited out (see _run_to_end).
 # Who applies a rollout's weights, in the audit log.
 _ACTOR = "rollout-engine"
 
-_STAGING_ERRORS = (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted, DeployFailed)
+_STAGING_ERRORS = (ModelLoadFailed, SmokeTestFailed, ArtifactCorrupted, DeployFailed, CandidateRejected)
 
 
 class _RolledBack(Exception):
@@ -120,6 +125,8 @@ class RolloutEngine:
         policy_check: Callable[[str, int], None] | None = None,
         sleep: Callable[[float], None] | None = None,
         claims: PoolClaims | None = None,
+        admission: Admission | None = None,
+        candidate_checks: CandidateChecks | None = None,
     ) -> None:
         self.db = db
         self.pools = dict(pools)
@@ -130,6 +137,8 @@ class RolloutEngine:
         self.settings = settings or EngineSettings()
         self.clock = clock
         self.policy_check = policy_check
+        self.admission = admission
+        self.candidate_checks = candidate_checks
         # Tests pass a fake clock's sleep so waits advance it; by default waits end early on stop().
         self._sleep = sleep
         self._owns_claims = claims is None
@@ -161,6 +170,9 @@ class RolloutEngine:
         if self.policy_check is not None:
             # Signature policy first: a version that may not serve never gets a rollout row.
             self.policy_check(spec.model, spec.version)
+        if self.admission is not None:
+            # Interface and metrics against production: a refused rollout leaves no row either.
+            self.admission(spec)
 
         def create() -> Rollout:
             with self.db.transaction() as session:
@@ -401,10 +413,26 @@ class RolloutEngine:
         try:
             self._converge(target, versions)
             self._wait_pool_up(target.name)
+            self._check_candidate(rollout, target)
         except _STAGING_ERRORS as exc:
             self._fail_staging(rollout, exc)
             raise _RolledBack from exc
         return rollout
+
+    def _check_candidate(self, rollout: Rollout, target: Pool) -> None:
+        """Run the candidate checks on the staged target (weight 0) and record their report."""
+        if self.candidate_checks is None:
+            return
+        report = self.candidate_checks(rollout, target)
+        if report:
+            with self.db.transaction() as session:
+                rollout_store.record_measurement(
+                    session,
+                    rollout.id,
+                    reason="candidate checks passed on " + target.name,
+                    weights=split_weights(0, source=rollout.source_pool, target=rollout.target_pool),
+                    measurements=dict(report),
+                )
 
     def _converge(self, pool: Pool, versions: Mapping[str, ModelVersion]) -> None:
         """Make a pool without traffic serve exactly ``versions``: unload the rest, install what differs."""
@@ -465,12 +493,10 @@ class RolloutEngine:
         # Stored and shown by the API: Triton's reason without server paths or the stub's stack.
         why = redact_reason(self.pools.values(), exc.message)
         self._mark_failed(rollout, why)
-        self._move(
-            rollout,
-            RolloutState.FAILED,
-            reason=f"staging failed: {why}",
-            measurements={"cause": exc.code, "error": why},
-        )
+        report = {"cause": exc.code, "error": why}
+        if isinstance(exc, CandidateRejected) and isinstance(exc.details, Mapping):
+            report.update(exc.details)
+        self._move(rollout, RolloutState.FAILED, reason=f"staging failed: {why}", measurements=report)
 
     def _mark_failed(self, rollout: Rollout, why: str) -> None:
         """Record that the rollout's version failed, and why (it stays deployable again later)."""

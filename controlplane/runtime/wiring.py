@@ -28,6 +28,7 @@ from controlplane.errors import StartupFailed
 from controlplane.pools import Pool
 from controlplane.registry import rollout_store
 from controlplane.registry.db import Database
+from controlplane.rollout.candidate import CandidateChecks
 from controlplane.rollout.engine import EngineSettings, RolloutEngine
 from controlplane.rollout.reconciler import Reconciler
 from controlplane.rollout.sampling import PoolSampler
@@ -35,6 +36,7 @@ from controlplane.runtime.external import ExternalStack, TritonPorts, parse_pool
 from controlplane.runtime.local import LocalStack
 from controlplane.runtime.process import SupervisedProcess
 from controlplane.runtime.recycling import DockerPoolProcesses, SupervisedPoolProcesses
+from controlplane.services.admission import RolloutAdmission
 from controlplane.services.deploys import Deployer
 from controlplane.services.health import Health
 from controlplane.services.recycle import PoolProcesses, PoolRecycler
@@ -64,14 +66,17 @@ class StackPool(Protocol):
     @property
     def grpc_urls(self) -> list[str]:
         """Every replica's own gRPC address, replica 1 first (``grpc_url`` is replica 1's)."""
+
     @property
     def metrics_urls(self) -> list[str]:
         """Every replica's metrics endpoint, in the same order."""
+
     @property
     def admin_headers(self) -> dict[str, str]: ...
     @property
     def process(self) -> SupervisedProcess | None:
         """The first replica's supervised tritonserver, where the control plane runs it."""
+
     @property
     def processes(self) -> list[SupervisedProcess]:
         """Every replica's supervised tritonserver, where the control plane runs them."""
@@ -197,6 +202,8 @@ def build_services(
         ),
         policy_check=signing.check_deployable,
         claims=claims,
+        admission=RolloutAdmission(db),
+        candidate_checks=CandidateChecks(db, blobs),
     )
     repair = PoolRepair(
         db=db, blobs=blobs, pools=pools, claims=claims, load_timeout=settings.load_timeout_seconds

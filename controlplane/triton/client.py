@@ -16,13 +16,13 @@ help.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from controlplane.domain.models import ModelSignature
 from controlplane.errors import (
@@ -184,6 +184,53 @@ class TritonClient:
             self._client.unload_model(model, client_timeout=self.timeout, headers=self._headers)
         except InferenceServerException as exc:
             raise _translate(exc, f"unload of {model!r}") from exc
+
+    def infer(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One inference on ``version`` straight to this server: the named outputs as arrays.
+
+        The arrays are sent with their own shapes (batch dimension included);
+        the data type is the one numpy's type maps to in Triton. Raises
+        TritonUnavailable when the server does not answer, SmokeTestFailed
+        (with Triton's words) when it refuses or fails the request.
+        """
+        tensors = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        try:
+            result = self._client.infer(
+                model,
+                tensors,
+                model_version=str(version),
+                outputs=wanted,
+                client_timeout=timeout or self.timeout,
+                headers=self._headers,
+            )
+        except InferenceServerException as exc:
+            if exc.status() in _UNREACHABLE and not self.is_ready():
+                raise TritonUnavailable(
+                    f"Triton did not answer an inference on {model!r}: {exc.message()}"
+                ) from exc
+            raise SmokeTestFailed(
+                f"inference on {model!r} version {version} failed: {exc.message()}"
+            ) from exc
+        answers: dict[str, np.ndarray] = {}
+        for name in outputs:
+            array = result.as_numpy(name)
+            if array is None:
+                raise SmokeTestFailed(f"inference on {model!r} version {version} returned no {name!r}")
+            answers[name] = array
+        return answers
 
     def smoke_test(self, model: str, version: int, signature: ModelSignature) -> None:
         """One real inference on ``version`` with zero-filled inputs; every declared output must come back."""

@@ -36,10 +36,12 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from controlplane.domain.models import ModelSignature
 from controlplane.errors import ControlPlaneError, InvalidModelConfig, TritonUnavailable
@@ -66,6 +68,15 @@ class TritonControl(Protocol):
     def load(self, model: str, version: int, *, timeout: float) -> None: ...
     def unload(self, model: str) -> None: ...
     def smoke_test(self, model: str, version: int, signature: ModelSignature) -> None: ...
+    def infer(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]: ...
 
 
 class ReplicatedTriton:
@@ -212,6 +223,22 @@ class ReplicatedTriton:
             with self._on(index):
                 replica.smoke_test(model, version, signature)
 
+    def infer(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The same inference on every replica; replica 1's answers (``each_replica`` to compare them)."""
+        answers: list[dict[str, np.ndarray]] = []
+        for index, replica in enumerate(self.replicas):
+            with self._on(index):
+                answers.append(replica.infer(model, version, inputs, outputs, timeout=timeout))
+        return answers[0]
+
     def unload(self, model: str) -> None:
         """Unload ``model`` on every replica, then raise the first error met (naming its replica)."""
         first_error: ControlPlaneError | None = None
@@ -224,6 +251,13 @@ class ReplicatedTriton:
                     first_error = exc
         if first_error is not None:
             raise first_error
+
+
+def each_replica(triton: TritonControl) -> list[tuple[str, TritonControl]]:
+    """The replicas of a pool's Triton with their names (one Triton: itself), for per-replica checks."""
+    if isinstance(triton, ReplicatedTriton):
+        return list(zip(triton.names, triton.replicas, strict=True))
+    return [(_default_name(1, triton), triton)]
 
 
 def _default_name(index: int, replica: TritonControl) -> str:

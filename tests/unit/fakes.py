@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.protobuf import json_format
 
 from controlplane.artifacts.archive import ArchiveLimits, pack_directory
@@ -48,6 +49,8 @@ from controlplane.staging.repository import PoolRepository
 from controlplane.triton.client import ModelStatus
 
 Hook = Callable[..., None]
+InferAnswer = Callable[[str, int, dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
+"""(model, version, inputs, outputs) -> the outputs a fake inference returns."""
 
 
 class FakeClock:
@@ -103,6 +106,8 @@ class FakeTriton:
         self.up = True
         self.load_failures: dict[tuple[str, int], str] = {}
         self.smoke_failures: set[tuple[str, int]] = set()
+        self.answer: InferAnswer | None = None
+        """Computes what ``infer`` returns (default: zeros, one row per input row)."""
         self.overrides: dict[str, dict[str, Any]] = {}
         self.before: dict[str, Hook] = {}
         self.calls: list[tuple[str, str, int | None]] = []
@@ -227,6 +232,23 @@ class FakeTriton:
             raise SmokeTestFailed(f"smoke inference on {model!r} version {version}: not ready")
         if (model, version) in self.smoke_failures:
             raise SmokeTestFailed(f"smoke inference on {model!r} version {version} returned no 'OUTPUT0'")
+
+    def infer(
+        self,
+        model: str,
+        version: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        self._enter("infer", model, version)
+        if not self.is_model_ready(model, version):
+            raise SmokeTestFailed(f"inference on {model!r} version {version}: not ready")
+        if self.answer is not None:
+            return self.answer(model, version, dict(inputs), list(outputs))
+        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        return {name: np.zeros((rows, 1), dtype=np.float32) for name in outputs}
 
     def model_config(self, model: str) -> dict[str, Any]:
         self._enter("model_config", model)
