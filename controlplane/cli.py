@@ -9,6 +9,7 @@ readable line on stderr and exits non-zero (1: refused, 2: unreachable).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -190,11 +191,21 @@ def deploy(
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(help="Version number.")],
     pool: Annotated[str | None, typer.Option(help="Pool to serve on (default: the stack's pool).")] = None,
+    allow_breaking: Annotated[
+        bool,
+        typer.Option(
+            "--allow-breaking",
+            help="Deploy an interface that breaks clients of production's version (needs a new major "
+            "api_version).",
+        ),
+    ] = False,
     api: ApiUrl = DEFAULT_API,
     as_json: JsonFlag = False,
 ) -> None:
     """Stage, load and smoke-test a version, then make it serve."""
-    params = {"pool": pool} if pool else {}
+    params: dict[str, str] = {"pool": pool} if pool else {}
+    if allow_breaking:
+        params["allow_breaking"] = "true"
     result = _request("POST", api, f"/v1/models/{model}/versions/{version}/deploy", params=params)
     if result.get("status") == "pending":
         # Still waiting out an outage when the API answered: it goes on as a rollout; follow it.
@@ -238,14 +249,106 @@ def versions(
         typer.echo(f"v{v['version']:<4} {v['state']:<10} {v['size_bytes']:>12} B  sha256:{v['digest'][:16]}…")
 
 
+def _tensor_line(kind: str, t: dict[str, Any]) -> str:
+    dims = ", ".join(str(d) for d in t["dims"])
+    return f"{kind:<7} {t['name']} {t['data_type']} [{dims}]"
+
+
+def _compatibility_lines(compat: dict[str, Any] | None) -> list[str]:
+    """The version against production's: a verdict, then one line per difference."""
+    if compat is None:
+        return ["compatibility: no version serves production"]
+    serving = compat["serving_version"]
+    differences = compat["differences"]
+    if not differences:
+        verdict = "the same interface" if compat["compatible"] else "BREAKING"
+    else:
+        verdict = "compatible" if compat["compatible"] else "BREAKING"
+    lines = [f"compatibility with v{serving} (serving): {verdict}"]
+    for d in differences:
+        kind = "breaking" if d["breaking"] else "ok"
+        lines.append(f"  {kind:<8} {d['code']:<24} {d['detail']}")
+    return lines
+
+
 @app.command()
 def show(
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(help="Version number.")],
     api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Print one version as JSON: manifest, digest, signature, metadata, state."""
-    _print_json(_request("GET", api, f"/v1/models/{model}/versions/{version}"))
+    """Print one version: state, digest, metadata, interface and its compatibility with production."""
+    v = _request("GET", api, f"/v1/models/{model}/versions/{version}")
+    if as_json:
+        _print_json(v)
+        return
+    meta = v["metadata"]
+    sig = v["signature"]
+    lines = [
+        f"{v['model']} version {v['version']}: {v['state']}, {v['size_bytes']} B, sha256:{v['digest']}",
+        f"api_version {meta['api_version'] or '-'}",
+        "metrics " + (", ".join(f"{k}={x:g}" for k, x in sorted(meta["metrics"].items())) or "-"),
+        "labels  " + (", ".join(f"{k}={x}" for k, x in sorted(meta["labels"].items())) or "-"),
+        f"backend {sig['backend']}, max_batch_size {sig['max_batch_size']}",
+        *(_tensor_line("input", t) for t in sig["inputs"]),
+        *(_tensor_line("output", t) for t in sig["outputs"]),
+        f"files   {len(v['manifest'])}",
+        *_compatibility_lines(v.get("compatibility")),
+    ]
+    if v.get("last_error"):
+        lines.append(f"last error: {v['last_error']}")
+    typer.echo("\n".join(lines))
+
+
+metrics_app = typer.Typer(help="Metrics and labels of a version, set after its push.", no_args_is_help=True)
+app.add_typer(metrics_app, name="metrics")
+
+
+@metrics_app.command("set")
+def metrics_set(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    values: Annotated[
+        list[str] | None, typer.Argument(help="name=number to set, or name= to remove, e.g. accuracy=0.93.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="name=value to set, or name= to remove; repeatable.")
+    ] = None,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set (or remove) metrics and labels of a version; api_version stays what the push declared."""
+    if not values and not label:
+        fail("name at least one metric (name=number) or --label name=value")
+    metrics: dict[str, float | None] = {}
+    for item in values or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            fail(f"{item!r} is not of the form name=number")
+        try:
+            number = float(text) if text else None
+        except ValueError:
+            fail(f"metric {name!r}: {text!r} is not a number")
+        if number is not None and not math.isfinite(number):
+            fail(f"metric {name!r}: {text!r} is not a finite number")
+        metrics[name] = number
+    labels: dict[str, str | None] = {}
+    for item in label or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            fail(f"label {item!r} is not of the form name=value")
+        labels[name] = text or None
+    body = {"metrics": metrics, "labels": labels}
+    result = _request("PATCH", api, f"/v1/models/{model}/versions/{version}/metadata", json=body)
+    if as_json:
+        _print_json(result)
+        return
+    meta = result["metadata"]
+    shown = ", ".join(f"{k}={x:g}" for k, x in sorted(meta["metrics"].items())) or "none"
+    typer.echo(f"{model} version {version} metrics: {shown}")
+    if labels:
+        typer.echo("labels: " + (", ".join(f"{k}={x}" for k, x in sorted(meta["labels"].items())) or "none"))
 
 
 # -- rollouts ------------------------------------------------------------------------------
@@ -268,15 +371,40 @@ def _describe(r: dict[str, Any]) -> str:
 
 
 def _measurement_line(event: dict[str, Any]) -> str | None:
+    """What a measurement event says, in a line or two: analysis windows, holds, warm-up."""
     m = event.get("measurements") or {}
+    warmup = m.get("warmup")
+    if "requests" not in m and isinstance(warmup, dict):
+        replicas = warmup.get("replicas") or {}
+        timings = "; ".join(
+            f"{name}: first {t.get('first_ms', 0):.1f} ms, p50 {t.get('p50_ms', 0):.1f} ms,"
+            f" last {t.get('last_ms', 0):.1f} ms, {t.get('total_ms', 0) / 1000:.2f} s in all"
+            for name, t in replicas.items()
+        )
+        own = " (the model also runs its own model_warmup at load)" if warmup.get("model_warmup") else ""
+        return f"  warm-up: {warmup.get('requests', 0)} requests per replica{own}" + (
+            f"; {timings}" if timings else ""
+        )
     if "requests" not in m:
         return None
-    p99 = m.get("p99_ms")
-    latency = f", p99 {p99:.1f} ms" if isinstance(p99, int | float) else ""
-    counts = f"{m.get('errors', 0)} errors of {m['requests']} requests{latency}"
+
+    def counts(window: dict[str, Any]) -> str:
+        p99 = window.get("p99_ms")
+        latency = f", p99 {p99:.1f} ms" if isinstance(p99, int | float) else ""
+        return f"{window.get('errors', 0)} errors of {window.get('requests', 0)} requests{latency}"
+
+    baseline = m.get("baseline")
+    against = f" (baseline {counts(baseline)})" if isinstance(baseline, dict) else ""
+    move = m.get("move")
     if m.get("passed"):
-        return f"  analysis passed: {counts}"
-    return f"  analysis BREACH: {counts}: {event['reason']}"
+        line = f"  analysis passed: {counts(m)}{against}"
+    elif move in ("hold", "abort", "promote"):
+        # The reason already says how long the step held and what it does next.
+        line = f"  {event['reason']}{against}"
+    else:
+        line = f"  analysis BREACH: {counts(m)}{against}: {event['reason']}"
+    notes = [n for n in m.get("notes") or [] if not str(n).startswith("insufficient traffic")]
+    return line + "".join(f"\n    note: {n}" for n in notes)
 
 
 def _follow(api: str, rollout_id: int, *, interval: float = 0.5) -> dict[str, Any]:
@@ -715,6 +843,70 @@ def gc(
         print(f"{item.size:>12}  {item.path}")
     verb = "would remove" if dry_run else "removed"
     print(f"{verb} {len(result.items)} blobs, {result.total_bytes} bytes")
+
+
+# -- golden sets ------------------------------------------------------------------------------
+
+golden_app = typer.Typer(
+    help="Golden sets: inputs and expected outputs a version must reproduce before it gets traffic.",
+    no_args_is_help=True,
+)
+app.add_typer(golden_app, name="golden")
+
+
+def _golden_line(g: dict[str, Any]) -> str:
+    outputs = ", ".join(
+        f"{name} (atol {t['atol']:g}, rtol {t['rtol']:g})" for name, t in g["outputs"].items()
+    )
+    signed = ", signed" if g["signed"] else ""
+    return (
+        f"{g['model']} version {g['version']}: golden set of {g['rows']} rows ({g['format']}, {g['source']}"
+        f"{signed}) sha256:{g['digest']}; outputs {outputs}"
+    )
+
+
+@golden_app.command("attach")
+def golden_attach(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    file: Annotated[Path, typer.Argument(help="A golden set: .npz or .json.")],
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Attach a golden set to a version (replacing one attached before)."""
+    if not file.is_file():
+        fail(f"golden set file {file} does not exist")
+    fmt = "npz" if file.suffix.lower() == ".npz" else "json" if file.suffix.lower() == ".json" else None
+    if fmt is None:
+        fail(f"{file.name}: a golden set file ends in .npz or .json")
+    content_type = "application/json" if fmt == "json" else "application/octet-stream"
+    result = _request(
+        "PUT",
+        api,
+        f"/v1/models/{model}/versions/{version}/golden",
+        params={"format": fmt},
+        content=file.read_bytes(),
+        headers={"content-type": content_type},
+    )
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(_golden_line(result))
+
+
+@golden_app.command("show")
+def golden_show(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Describe a version's golden set: rows, outputs with their tolerances, where it came from."""
+    result = _request("GET", api, f"/v1/models/{model}/versions/{version}/golden")
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(_golden_line(result))
 
 
 def main() -> None:

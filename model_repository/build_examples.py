@@ -170,14 +170,28 @@ def build_two_inputs(
     return _write_model(out_dir, name, version, config, two_inputs_model_bytes(seed=seed))
 
 
-def build_faulty(out_dir: Path, name: str, *, version: int = 1) -> Path:
-    """Write a folder with a valid MLP config but a corrupt ``model.onnx``; return it.
+def faulty_model_bytes() -> bytes:
+    """ONNX bytes with the MLP's inputs and outputs whose only node is an operator no runtime has."""
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOperator", ["INPUT0"], ["OUTPUT0"])],
+        "faulty",
+        [_tensor_io("INPUT0", [16])],
+        [_tensor_io("OUTPUT0", [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER)
+    model.ir_version = IR_VERSION
+    return model.SerializeToString(deterministic=True)
 
-    Triton fails to load it and reports the model UNAVAILABLE with a reason.
+
+def build_faulty(out_dir: Path, name: str, *, version: int = 1) -> Path:
+    """Write a folder with a valid MLP config and a ``model.onnx`` no runtime can load; return it.
+
+    Its inputs and outputs match the config, so a push accepts it; Triton fails
+    to load it (INVALID_GRAPH: no such operator) and reports the model
+    UNAVAILABLE with a reason.
     """
     config = _config(name, [("INPUT0", [16])], [("OUTPUT0", [4])])
-    garbage = b"this is not an ONNX model\n" + bytes(range(256))
-    return _write_model(out_dir, name, version, config, garbage)
+    return _write_model(out_dir, name, version, config, faulty_model_bytes())
 
 
 FLAKY_MODEL_PY = b'''"""A 16-in, 4-out model that fails every request whose first input value is above 0.5."""

@@ -17,6 +17,7 @@ from controlplane.api.guard import ApiLimits, RequestGuard
 from controlplane.api.rollouts import rollouts_router
 from controlplane.api.routes_deploys import deploys_router
 from controlplane.api.routes_events import events_router
+from controlplane.api.routes_golden import golden_router
 from controlplane.api.routes_health import ReadinessCheck, health_router
 from controlplane.api.routes_models import models_router
 from controlplane.api.routes_pools import pools_router
@@ -24,6 +25,7 @@ from controlplane.api.routes_signatures import signatures_router
 from controlplane.registry.db import Database
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.services.deploys import Deployer
+from controlplane.services.golden import GoldenSets
 from controlplane.services.health import Health
 from controlplane.services.recycle import PoolRecycler
 from controlplane.services.registry import Registry
@@ -33,12 +35,16 @@ from controlplane.services.signing import Signing
 UPLOAD_ROUTES = (
     ("POST", re.compile(r"/v1/models/[^/]+/versions")),
     ("PUT", re.compile(r"/v1/models/[^/]+/versions/[^/]+/signature")),
+    ("PUT", re.compile(r"/v1/models/[^/]+/versions/[^/]+/golden")),
 )
 
 
 @dataclass(frozen=True)
 class ApiServices:
-    """What the routes call. Without the engine, deployer or recycler the API lacks their routes."""
+    """What the routes call. Without the engine, deployer, recycler or golden sets the API lacks those routes.
+
+    ``golden`` is optional like them: its routes exist only where it is given.
+    """
 
     db: Database
     registry: Registry
@@ -47,6 +53,7 @@ class ApiServices:
     engine: RolloutEngine | None = None
     deployer: Deployer | None = None
     recycler: PoolRecycler | None = None
+    golden: GoldenSets | None = None
 
 
 def create_app(
@@ -82,6 +89,8 @@ def create_app(
     if services.recycler is not None:
         app.include_router(pools_router(services.recycler, auth))
     app.include_router(signatures_router(services.signing, auth))
+    if services.golden is not None:
+        app.include_router(golden_router(services.golden, auth))
     app.include_router(events_router(services.registry, auth))
     app.include_router(
         health_router(

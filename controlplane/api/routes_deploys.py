@@ -27,7 +27,10 @@ def deploys_router(deployer: Deployer, auth: Authenticator) -> APIRouter:
                 "description": "Not done in the time a request waits (an outage is being waited "
                 "out); it goes on as the rollout named, which Location points to.",
             },
-            409: {"description": "Another operation holds the pool; the body names it."},
+            409: {
+                "description": "Another operation holds the pool (the body names it), or the version "
+                "breaks clients of the version serving production (breaking_change: every difference)."
+            },
             422: {"description": "Triton refused the version; what served before still serves."},
         },
     )
@@ -36,10 +39,20 @@ def deploys_router(deployer: Deployer, auth: Authenticator) -> APIRouter:
         version: VersionParam,
         actor: DeployerActor,
         pool: Annotated[str | None, Query(max_length=64)] = None,
+        allow_breaking: Annotated[
+            bool,
+            Query(
+                description="Deploy an interface that breaks clients of the version serving production "
+                "(the version must declare a new major api_version)."
+            ),
+        ] = False,
     ) -> schemas.DeploymentOut | JSONResponse:
         """Stage, load and smoke-test the version on the pool (an inplace rollout); answer once it serves."""
         try:
-            return schemas.deployment_out(deployer.deploy(model, version, pool=pool, actor=actor))
+            deployment = deployer.deploy(
+                model, version, pool=pool, actor=actor, allow_breaking=allow_breaking
+            )
+            return schemas.deployment_out(deployment)
         except DeployPending as pending:
             rollout = pending.details["rollout"]
             body = schemas.DeployPendingOut(

@@ -1,7 +1,7 @@
 """Registry endpoints: models, their versions, and pushing a new version."""
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -13,8 +13,11 @@ from controlplane.api.params import ModelParam, VersionParam, receive_upload
 from controlplane.domain.auth import Permission
 from controlplane.domain.limits import MAX_LIST_ITEMS, validate_text
 from controlplane.domain.models import VersionMetadata
+from controlplane.domain.version_metadata import MetadataChange
 from controlplane.errors import InvalidInput, UnsupportedMediaType
+from controlplane.services.admission import compare_with_production
 from controlplane.services.registry import Registry
+from controlplane.services.version_metadata import change_metadata
 
 ARCHIVE_TYPES = {
     "application/gzip",
@@ -56,6 +59,12 @@ def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: 
     router = APIRouter(tags=["registry"])
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
     Publisher = Annotated[str, Depends(auth.require(Permission.PUSH))]
+    # Metrics decide promotions (the metric gate), so changing them after the push is a deployer's act.
+    Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
+
+    def compatibility(model: str, number: int) -> dict[str, Any] | None:
+        comparison = compare_with_production(registry.db, model, number)
+        return comparison.as_dict() if comparison is not None else None
 
     @router.get("/v1/models", response_model=list[schemas.ModelOut])
     def list_models(_actor: Reader) -> list[schemas.ModelOut]:
@@ -71,7 +80,32 @@ def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: 
 
     @router.get("/v1/models/{model}/versions/{version}", response_model=schemas.VersionOut)
     def get_version(model: ModelParam, version: VersionParam, _actor: Reader) -> schemas.VersionOut:
-        return schemas.version_out(registry.get_version(model, version))
+        found = registry.get_version(model, version)
+        return schemas.version_out(found, compatibility(model, version))
+
+    @router.patch(
+        "/v1/models/{model}/versions/{version}/metadata",
+        response_model=schemas.VersionOut,
+        responses={422: {"description": "An invalid name or value, or an attempt to change api_version."}},
+    )
+    def change_version_metadata(
+        model: ModelParam, version: VersionParam, body: schemas.MetadataPatchIn, actor: Deployer
+    ) -> schemas.VersionOut:
+        """Set (a value) or remove (null) metrics and labels of a version; api_version is fixed at push."""
+        if "api_version" in body.model_fields_set:
+            raise InvalidInput(
+                "api_version is fixed at push: it describes the version's interface, which never changes; "
+                "push a new version to declare another",
+                code="api_version_fixed",
+            )
+        changed = change_metadata(
+            registry.db,
+            model=model,
+            number=version,
+            change=MetadataChange(metrics=body.metrics, labels=body.labels),
+            actor=actor,
+        )
+        return schemas.version_out(changed, compatibility(model, version))
 
     @router.post(
         "/v1/models/{model}/versions",
@@ -119,7 +153,8 @@ def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: 
             )
         finally:
             sink.discard()
-        body = schemas.PushOut(**schemas.version_out(version).model_dump(), created=created)
+        against = await run_in_threadpool(compatibility, version.model, version.number)
+        body = schemas.PushOut(**schemas.version_out(version, against).model_dump(), created=created)
         return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 
     return router

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from controlplane.domain import models as d
-from controlplane.domain.limits import has_control_characters
+from controlplane.domain.limits import MAX_LIST_ITEMS, has_control_characters
 from controlplane.domain.policy import ModelPolicy, SignaturePolicy, SignatureRecord
 from controlplane.services.recycle import PoolStatus, RecycleOutcome
 
@@ -49,9 +49,43 @@ class VersionSummaryOut(BaseModel):
     metadata: MetadataOut
 
 
+class DifferenceOut(BaseModel):
+    code: str
+    tensor: str | None
+    detail: str
+    breaking: bool
+
+
+class CompatibilityOut(BaseModel):
+    """The version's interface against the version serving production."""
+
+    serving_version: int
+    compatible: bool
+    differences: list[DifferenceOut]
+
+
 class VersionOut(VersionSummaryOut):
     signature: SignatureOut
     manifest: list[ManifestEntryOut]
+    compatibility: CompatibilityOut | None = Field(
+        default=None, description="Against the version serving production; null when none serves."
+    )
+
+
+class MetadataPatchIn(BaseModel):
+    """Metrics and labels to set (a value) or remove (null); names not given keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: dict[Annotated[str, Field(max_length=128)], Annotated[float, Strict()] | None] = Field(
+        default_factory=dict, max_length=MAX_LIST_ITEMS
+    )
+    labels: dict[Annotated[str, Field(max_length=1024)], Annotated[str, Field(max_length=1024)] | None] = (
+        Field(default_factory=dict, max_length=MAX_LIST_ITEMS)
+    )
+    api_version: str | None = Field(
+        default=None, max_length=64, description="Fixed at push: a change is refused (api_version_fixed)."
+    )
 
 
 class DeploymentOut(BaseModel):
@@ -189,11 +223,13 @@ def version_summary(v: d.ModelVersion) -> VersionSummaryOut:
     )
 
 
-def version_out(v: d.ModelVersion) -> VersionOut:
+def version_out(v: d.ModelVersion, compatibility: dict[str, Any] | None = None) -> VersionOut:
+    """A version; ``compatibility`` as ``ServingComparison.as_dict()`` (None: nothing serves)."""
     return VersionOut(
         **version_summary(v).model_dump(),
         signature=SignatureOut(**v.signature.as_dict()),
         manifest=[ManifestEntryOut(path=e.path, size=e.size, sha256=e.sha256) for e in v.manifest],
+        compatibility=CompatibilityOut(**compatibility) if compatibility is not None else None,
     )
 
 

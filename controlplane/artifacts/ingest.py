@@ -1,5 +1,8 @@
 """Ingest of a pushed model folder: extract safely, hash each file, check the config, store.
 
+An ONNX model served by the onnxruntime backend is also checked against its
+config (names, types and shapes of its inputs and outputs) before anything is stored.
+
 Nothing here touches the registry or any live repository: the caller
 registers the result in one transaction after every check has passed. Blobs
 stored for a push that then fails to register are harmless (content-addressed)
@@ -22,6 +25,7 @@ from controlplane.artifacts.archive import ArchiveLimits, extract_archive, find_
 from controlplane.artifacts.blobs import BlobStore, sha256_file
 from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS, FolderFiles
 from controlplane.artifacts.model_config import ConfigReview, read_signature, review_model_folder
+from controlplane.artifacts.onnx_interface import check_onnx_model
 from controlplane.domain.models import (
     ManifestEntry,
     ModelSignature,
@@ -175,6 +179,8 @@ def _ingest(
             files=FolderFiles(paths={e.path for e in manifest}, version_dir=source_version_dir),
             allowed_backends=allowed_backends,
         )
+        if review.onnx_model_filename is not None:
+            check_onnx_model(root, source_version_dir, review.onnx_model_filename, review.signature)
         if admit is not None:
             admit(review)
         signature = review.signature

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2
 from controlplane.artifacts.config_fields import (
     DEFAULT_ALLOWED_BACKENDS,
     FolderFiles,
+    backend_of,
     check_backend,
     check_path_fields,
     code_runners,
@@ -19,6 +20,8 @@ from controlplane.domain.models import ModelSignature, TensorSpec
 from controlplane.errors import InvalidModelConfig
 
 MAX_CONFIG_BYTES = 1024 * 1024
+ONNX_BACKEND = "onnxruntime"
+DEFAULT_ONNX_FILENAME = "model.onnx"
 
 
 def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
@@ -98,10 +101,15 @@ def read_signature(config_text: bytes, *, model_name: str) -> ModelSignature:
 
 @dataclass(frozen=True)
 class ConfigReview:
-    """A config.pbtxt that passed every check: its I/O signature and what in it runs the folder's code."""
+    """A config.pbtxt that passed every check: its I/O signature and what in it runs the folder's code.
+
+    ``onnx_model_filename``: the file (in the version directory) Triton's
+    onnxruntime backend loads, None when another backend serves the model.
+    """
 
     signature: ModelSignature
     code_runners: tuple[str, ...]
+    onnx_model_filename: str | None = None
 
 
 def review_model_folder(
@@ -119,7 +127,10 @@ def review_model_folder(
     check_backend(config, allowed_backends)
     signature = model_signature(config, model_name=model_name)
     check_path_fields(config, files)
-    return ConfigReview(signature=signature, code_runners=code_runners(config))
+    onnx_file = None
+    if backend_of(config) == ONNX_BACKEND:
+        onnx_file = config.default_model_filename or DEFAULT_ONNX_FILENAME
+    return ConfigReview(signature=signature, code_runners=code_runners(config), onnx_model_filename=onnx_file)
 
 
 def code_runners_of(config_text: bytes) -> tuple[str, ...]:

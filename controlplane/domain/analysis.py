@@ -6,6 +6,19 @@ and Triton's (per model: success, failure) plus Triton's recent p99 latency,
 into a :class:`PoolSample`. :func:`measure` turns two samples into what
 happened in between and :func:`evaluate` judges that against :class:`Gates`.
 
+No evidence, no pass: a window's gates count only once the candidate served
+``Gates.min_requests`` in it. With fewer the verdict waits (neither passed nor
+breached) and :func:`next_move` says what the step does: hold and measure again
+over a longer window (same start, see :func:`next_look`), and once it has held
+``Gates.max_hold_seconds``, what ``Gates.on_no_data`` says. Errors already seen
+still breach at once when they would even over ``min_requests`` requests.
+
+Absolute gates judge the candidate alone. Relative gates compare it with the
+baseline (the pool serving production) measured over the same window: a
+candidate worse than production by more than the tolerated margin fails even
+under the absolute thresholds. A baseline with too little traffic, or without
+a p99, is no yardstick: that relative gate is skipped with a note.
+
 Why both sources (measured with tritonserver 2.51, see
 ``tests/unit/test_triton_metrics.py``):
 
@@ -72,8 +85,11 @@ class Gates:
     and, with ``metric``, the version's metric against production's.
 
     Between steps (the analysis window): a step's gates count only once the
-    candidate served ``min_requests`` in the window. With fewer, the step holds
-    and measures again, up to ``max_hold_seconds``; then ``on_no_data`` decides.
+    candidate served ``min_requests`` in the window, whatever gates are set
+    (with none, that traffic is all a step asks for; 0 asks for nothing). With
+    fewer, the step holds and measures again, up to ``max_hold_seconds``; then
+    ``on_no_data`` decides. Errors already seen fail the step at once when they
+    would breach even over ``min_requests`` requests.
     Absolute gates (``max_error_rate``, ``max_p99_ms``) judge the candidate
     alone; relative ones compare it with the baseline pool over the same window
     (``max_error_rate_increase``: candidate minus baseline error rate;
@@ -304,20 +320,33 @@ def measure(before: PoolSample, after: PoolSample) -> Measurement:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of one analysis: passed unless a gate was breached."""
+    """The outcome of one analysis: passed once the gates counted and none was breached."""
 
     passed: bool
+    """The candidate had the evidence (``evidence``) and breached no gate."""
     measurement: Measurement
+    """The candidate's window."""
     breaches: tuple[str, ...]
     """One readable sentence per breached gate."""
     notes: tuple[str, ...]
     """Why a gate was not (fully) checked, restarts seen, and similar context."""
+    baseline: Measurement | None = None
+    """The baseline pool's window, the same one as the candidate's, when relative gates asked for it."""
+    evidence: bool = True
+    """The candidate served ``Gates.min_requests`` in the window, so its gates count."""
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing breached, but too little traffic to pass yet (the step holds)."""
+        return not self.breaches and not self.evidence
 
     def as_dict(self) -> dict[str, Any]:
         """The verdict as JSON-ready values."""
         return {
             "passed": self.passed,
+            "evidence": self.evidence,
             "measurement": self.measurement.as_dict(),
+            "baseline": None if self.baseline is None else self.baseline.as_dict(),
             "breaches": list(self.breaches),
             "notes": list(self.notes),
         }
@@ -328,11 +357,11 @@ def _rate(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _error_rate_gate(m: Measurement, gates: Gates, breaches: list[str], notes: list[str]) -> None:
+def _error_rate_gate(m: Measurement, gates: Gates, evidence: bool, breaches: list[str]) -> None:
     limit = gates.max_error_rate
     if limit is None:
         return
-    if m.requests >= gates.min_requests:
+    if evidence:
         if m.error_rate > limit:
             breaches.append(
                 f"error rate {_rate(m.error_rate)} > max {_rate(limit)} ({m.errors} of {m.requests} requests)"
@@ -340,21 +369,19 @@ def _error_rate_gate(m: Measurement, gates: Gates, breaches: list[str], notes: l
         return
     # Even had the window reached min_requests with every other request
     # succeeding, the rate would breach: too little traffic is no excuse.
-    if gates.min_requests > 0 and m.errors / gates.min_requests > limit:
+    if m.errors / gates.min_requests > limit:
         breaches.append(
             f"{m.errors} of {m.requests} requests failed: error rate {_rate(m.errors / gates.min_requests)}"
             f" > max {_rate(limit)} even counted over the minimum of {gates.min_requests} requests"
         )
-        return
-    notes.append(
-        f"insufficient traffic: {m.requests} requests < min {gates.min_requests}"
-        f" ({m.errors} failed); error rate gate not applied"
-    )
 
 
-def _latency_gate(m: Measurement, gates: Gates, breaches: list[str], notes: list[str]) -> None:
+def _latency_gate(
+    m: Measurement, gates: Gates, evidence: bool, breaches: list[str], notes: list[str]
+) -> None:
     limit = gates.max_p99_ms
-    if limit is None:
+    if limit is None or not evidence:
+        # A p99 over a handful of requests is their slowest one: the first after a load, say.
         return
     if m.p99_ms is None:
         notes.append("p99 unknown (Triton reported no recent request durations); latency gate not applied")
@@ -362,28 +389,160 @@ def _latency_gate(m: Measurement, gates: Gates, breaches: list[str], notes: list
         breaches.append(f"p99 {m.p99_ms:.1f} ms > max {limit:.1f} ms")
 
 
-def evaluate(measurement: Measurement, gates: Gates) -> Verdict:
-    """Judge ``measurement`` against ``gates``: passed unless some gate is breached.
+def _baseline_usable(baseline: Measurement | None, gates: Gates, gate: str, notes: list[str]) -> bool:
+    """Whether the baseline window can stand for production's behaviour; a note says why not."""
+    if baseline is None:
+        notes.append(f"no baseline measured; {gate} gate not applied")
+        return False
+    # A rate over zero requests is no rate, whatever min_requests says.
+    needed = max(gates.min_requests, 1)
+    if baseline.requests < needed:
+        notes.append(
+            f"baseline has too little traffic: {baseline.requests} requests < min {needed};"
+            f" {gate} gate not applied"
+        )
+        return False
+    return True
 
-    A gate that cannot be judged (too little traffic, no latency data) passes
-    with a note saying so; the rollout decides whether to wait for more data.
+
+def _error_increase_gate(
+    m: Measurement,
+    baseline: Measurement | None,
+    gates: Gates,
+    evidence: bool,
+    breaches: list[str],
+    notes: list[str],
+) -> None:
+    limit = gates.max_error_rate_increase
+    if limit is None or not _baseline_usable(baseline, gates, "error rate increase", notes):
+        return
+    assert baseline is not None  # _baseline_usable said so
+    against = f"baseline {_rate(baseline.error_rate)}: {baseline.errors} of {baseline.requests} requests"
+    if evidence:
+        increase = m.error_rate - baseline.error_rate
+        if increase > limit:
+            breaches.append(
+                f"error rate increase {_rate(increase)} > max {_rate(limit)} (candidate"
+                f" {_rate(m.error_rate)}: {m.errors} of {m.requests} requests; {against})"
+            )
+        return
+    # As for the absolute gate: errors already seen can breach before the evidence is complete.
+    floor = m.errors / gates.min_requests
+    if floor - baseline.error_rate > limit:
+        breaches.append(
+            f"{m.errors} of {m.requests} requests failed: error rate {_rate(floor)} even counted over the"
+            f" minimum of {gates.min_requests} requests, an increase of {_rate(floor - baseline.error_rate)}"
+            f" > max {_rate(limit)} ({against})"
+        )
+
+
+def _p99_ratio_gate(
+    m: Measurement,
+    baseline: Measurement | None,
+    gates: Gates,
+    evidence: bool,
+    breaches: list[str],
+    notes: list[str],
+) -> None:
+    limit = gates.max_p99_ratio
+    if limit is None or not evidence or not _baseline_usable(baseline, gates, "p99 ratio", notes):
+        return
+    assert baseline is not None  # _baseline_usable said so
+    if m.p99_ms is None:
+        notes.append(
+            "candidate p99 unknown (Triton reported no recent request durations); p99 ratio gate not applied"
+        )
+        return
+    if baseline.p99_ms is None or baseline.p99_ms <= 0:
+        notes.append(
+            "baseline p99 unknown (Triton reported no recent request durations); p99 ratio gate not applied"
+        )
+        return
+    ratio = m.p99_ms / baseline.p99_ms
+    if ratio > limit:
+        breaches.append(
+            f"p99 ratio {ratio:.2f} > max {limit:.2f} (candidate {m.p99_ms:.1f} ms,"
+            f" baseline {baseline.p99_ms:.1f} ms)"
+        )
+
+
+def _restart_notes(m: Measurement, whose: str, notes: list[str]) -> None:
+    if m.proxy_restarted:
+        notes.append(f"HAProxy restarted during the {whose} window; its counters cover only the time since")
+    if m.triton_restarted:
+        notes.append(
+            f"Triton's counters went backwards during the {whose} window (restart or model reload);"
+            " they cover only the time since"
+        )
+
+
+def evaluate(candidate: Measurement, gates: Gates, *, baseline: Measurement | None = None) -> Verdict:
+    """Judge the candidate's window against ``gates`` (and the baseline's same window, for relative gates).
+
+    The gates count only once the candidate served ``gates.min_requests`` in
+    the window (``Verdict.evidence``); with fewer the verdict neither passes
+    nor breaches (``Verdict.waiting``), except that errors already seen
+    breach an error gate when they would even over ``min_requests`` requests.
+    A relative gate is not applied when the baseline served too little (or,
+    for the p99 ratio, either side has no p99); a note says why.
     """
     breaches: list[str] = []
     notes: list[str] = []
-    if gates.max_error_rate is None and gates.max_p99_ms is None:
-        notes.append("no gates configured; nothing was checked")
-    _error_rate_gate(measurement, gates, breaches, notes)
-    _latency_gate(measurement, gates, breaches, notes)
-    if measurement.proxy_restarted:
-        notes.append("HAProxy restarted during the window; its counters cover only the time since")
-    if measurement.triton_restarted:
+    evidence = candidate.requests >= gates.min_requests
+    if not gates.judges_traffic:
+        notes.append(f"no gates configured; only the traffic (min {gates.min_requests} requests) was checked")
+    if not evidence:
         notes.append(
-            "Triton's counters went backwards during the window (restart or model reload);"
-            " they cover only the time since"
+            f"insufficient traffic: {candidate.requests} requests < min {gates.min_requests}"
+            f" ({candidate.errors} failed); the gates wait for more"
         )
+    _error_rate_gate(candidate, gates, evidence, breaches)
+    _latency_gate(candidate, gates, evidence, breaches, notes)
+    _error_increase_gate(candidate, baseline, gates, evidence, breaches, notes)
+    _p99_ratio_gate(candidate, baseline, gates, evidence, breaches, notes)
+    _restart_notes(candidate, "candidate's", notes)
+    if baseline is not None:
+        _restart_notes(baseline, "baseline's", notes)
     return Verdict(
-        passed=not breaches,
-        measurement=measurement,
+        passed=evidence and not breaches,
+        measurement=candidate,
         breaches=tuple(breaches),
         notes=tuple(notes),
+        baseline=baseline,
+        evidence=evidence,
     )
+
+
+class StepMove(enum.StrEnum):
+    """What a rollout step does after one look at its analysis window."""
+
+    PASS = "pass"
+    """The gates counted and held: on to the next step."""
+    BREACH = "breach"
+    """A gate was breached: roll back."""
+    HOLD = "hold"
+    """Too little evidence yet: keep the weights and look again over a longer window."""
+    ABORT = "abort"
+    """Held ``max_hold_seconds`` without evidence and ``on_no_data`` is abort: roll back."""
+    PROMOTE = "promote"
+    """Held ``max_hold_seconds`` without evidence and ``on_no_data`` is promote: on without it."""
+
+
+def next_move(verdict: Verdict, gates: Gates, *, held_seconds: float) -> StepMove:
+    """The step's move after ``verdict``, having held ``held_seconds`` beyond its first window."""
+    if verdict.breaches:
+        return StepMove.BREACH
+    if verdict.evidence:
+        return StepMove.PASS
+    if gates.on_no_data is OnNoData.HOLD or held_seconds < gates.max_hold_seconds:
+        return StepMove.HOLD
+    return StepMove.ABORT if gates.on_no_data is OnNoData.ABORT else StepMove.PROMOTE
+
+
+def next_look(gates: Gates, *, step_seconds: float, held_seconds: float) -> float:
+    """Seconds a holding step waits before it measures again: a step, cut at ``max_hold_seconds``."""
+    left = gates.max_hold_seconds - held_seconds
+    if left <= 0:
+        # Only on_no_data=hold holds past the limit: a step at a time, until traffic or an operator.
+        return step_seconds
+    return min(step_seconds, left)

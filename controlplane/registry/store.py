@@ -28,6 +28,7 @@ from controlplane.domain.models import (
     VersionMetadata,
     VersionState,
 )
+from controlplane.domain.version_metadata import MetadataChange, apply_change
 from controlplane.domain.versions import VersionEvent, decide_version
 from controlplane.errors import Conflict, NotFound
 from controlplane.registry.tables import (
@@ -182,6 +183,22 @@ def change_version_state(
     row.updated_at = utcnow()
     session.flush()
     return decision.state
+
+
+def change_version_metadata(
+    session: Session, *, model: str, number: int, change: MetadataChange
+) -> tuple[VersionMetadata, ModelVersion]:
+    """Apply ``change`` to a version's metrics and labels; return the metadata before and the version after.
+
+    The model row is locked, so two changes of the same version apply one after the other.
+    """
+    model_row = get_model_row(session, model, lock=True)
+    row = get_version_row(session, model_row, number)
+    before = VersionMetadata.from_dict(row.meta)
+    row.meta = apply_change(before, change).as_dict()
+    row.updated_at = utcnow()
+    session.flush()
+    return before, _version_entity(row, model_row.name)
 
 
 def _deployment_entities(session: Session, model_ids: Sequence[int] | None = None) -> list[Deployment]:

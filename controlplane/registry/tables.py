@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Integer,
@@ -227,3 +228,25 @@ class ModelPolicyRow(Base):
     allow_code_backends: Mapped[bool | None] = mapped_column(nullable=True)
     code_backends_require_signature: Mapped[bool | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class GoldenSetRow(Base):
+    """A version's golden set: its file (a blob, by digest) and what it holds. One per version."""
+
+    __tablename__ = "golden_sets"
+    __table_args__ = (
+        CheckConstraint("source IN ('folder', 'attached')", name="source"),
+        CheckConstraint("format IN ('npz', 'json')", name="format"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), unique=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(8))
+    rows: Mapped[int] = mapped_column(Integer)
+    # Every expected output with its tolerance: {name: {"atol": x, "rtol": y}}.
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -43,10 +43,19 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.claims import PoolClaims, patiently
-from controlplane.domain.analysis import PoolSample, evaluate, measure
+from controlplane.domain.analysis import (
+    PoolSample,
+    StepMove,
+    Verdict,
+    evaluate,
+    measure,
+    next_look,
+    next_move,
+)
 from controlplane.domain.models import ModelVersion
 from controlplane.domain.rollouts import (
     RequestedAction,
@@ -80,8 +89,14 @@ from controlplane.traffic.router import TrafficRouter
 log = logging.getLogger(__name__)
 
 Sampler = Callable[[str, Collection[str]], PoolSample]
-Admission = Callable[[RolloutSpec], None]
-"""Raises (InvalidInput, Conflict) when a rollout may not start (interface, metrics); see ``start``."""
+
+
+class Admission(Protocol):
+    """Raises (InvalidInput, Conflict) when a rollout may not start (interface, metrics); see ``start``."""
+
+    def __call__(self, spec: RolloutSpec, *, actor: str) -> None: ...
+
+
 CandidateChecks = Callable[[Rollout, Pool], Mapping[str, object]]
 """Proves a staged candidate before traffic (golden set, warm-up): its report, or CandidateRejected."""
 
@@ -172,7 +187,7 @@ class RolloutEngine:
             self.policy_check(spec.model, spec.version)
         if self.admission is not None:
             # Interface and metrics against production: a refused rollout leaves no row either.
-            self.admission(spec)
+            self.admission(spec, actor=actor)
 
         def create() -> Rollout:
             with self.db.transaction() as session:
@@ -584,20 +599,7 @@ class RolloutEngine:
                 why=f"rollout {rollout.id} step {index + 1}/{len(spec.steps)}", actor=_ACTOR
             )
             if action is not RequestedAction.PROMOTE and spec.step_seconds > 0:
-                before = self.sampler(rollout.target_pool, models)
-                interrupted = self._wait(rollout, spec.step_seconds)
-                after = self.sampler(rollout.target_pool, models)
-                verdict = evaluate(measure(before, after), spec.gates)
-                with self.db.transaction() as session:
-                    rollout_store.record_measurement(
-                        session,
-                        rollout.id,
-                        reason="analysis passed" if verdict.passed else "; ".join(verdict.breaches),
-                        weights=weights,
-                        measurements={**verdict.measurement.as_dict(), "passed": verdict.passed},
-                    )
-                if not verdict.passed:
-                    self._rollback(rollout, "gate breached: " + "; ".join(verdict.breaches), failed=True)
+                interrupted = self._analyse_step(rollout, index, weights, models)
                 if interrupted is RequestedAction.ABORT:
                     self._rollback(rollout, "aborted by an operator")
                 if interrupted is RequestedAction.PROMOTE:
@@ -610,6 +612,130 @@ class RolloutEngine:
             reason=f"{rollout.target_pool} has all traffic; {rollout.source_pool} drains and stays warm",
             weights=split_weights(100, source=rollout.source_pool, target=rollout.target_pool),
         )
+
+    def _sample_step(self, rollout: Rollout, models: Collection[str]) -> tuple[PoolSample, PoolSample | None]:
+        """The candidate's sample and, when a relative gate needs it, the baseline's, taken together."""
+        candidate = self.sampler(rollout.target_pool, models)
+        gates = rollout.spec.gates
+        if gates.max_error_rate_increase is None and gates.max_p99_ratio is None:
+            # Not sampled when nothing compares with it: a baseline out of reach would stall the step.
+            return candidate, None
+        return candidate, self.sampler(rollout.source_pool, models)
+
+    def _analyse_step(
+        self, rollout: Rollout, index: int, weights: Mapping[str, int], models: Collection[str]
+    ) -> RequestedAction | None:
+        """Judge one step's window until it passes; roll back on a breach or, as told, without evidence.
+
+        The window starts when the step's weights apply and grows while the
+        step holds for ``min_requests``, so evidence accumulates. Returns the
+        operator's action that interrupted it, if any (acted on by the caller).
+        """
+        spec = rollout.spec
+        gates = spec.gates
+        step = f"step {index + 1}/{len(spec.steps)}"
+        candidate_before, baseline_before = self._sample_step(rollout, models)
+        window_start = self.clock()
+        look = spec.step_seconds
+        while True:
+            interrupted = self._wait(rollout, look)
+            candidate_after, baseline_after = self._sample_step(rollout, models)
+            baseline = (
+                measure(baseline_before, baseline_after)
+                if baseline_before is not None and baseline_after is not None
+                else None
+            )
+            verdict = evaluate(measure(candidate_before, candidate_after), gates, baseline=baseline)
+            held = max(0.0, self.clock() - window_start - spec.step_seconds)
+            move = next_move(verdict, gates, held_seconds=held)
+            if interrupted is not None and move in (StepMove.HOLD, StepMove.ABORT, StepMove.PROMOTE):
+                # The operator decides now; what the window held so far is recorded with it.
+                self._record_analysis(
+                    rollout,
+                    weights,
+                    verdict,
+                    move,
+                    f"no evidence yet: {verdict.measurement.requests} of {gates.min_requests} requests"
+                    f" at {step}; an operator asked to {interrupted}",
+                    held=held,
+                )
+                return interrupted
+            reason = self._analysis_reason(rollout, verdict, move, step, held)
+            self._record_analysis(rollout, weights, verdict, move, reason, held=held)
+            if move is StepMove.BREACH:
+                self._rollback(rollout, "gate breached: " + "; ".join(verdict.breaches), failed=True)
+            if move is StepMove.ABORT:
+                self._rollback(rollout, reason)
+            if move is not StepMove.HOLD:
+                return interrupted
+            look = next_look(gates, step_seconds=spec.step_seconds, held_seconds=held)
+
+    def _analysis_reason(
+        self, rollout: Rollout, verdict: Verdict, move: StepMove, step: str, held: float
+    ) -> str:
+        """The measurement event's reason: what the analysis saw and what the step does."""
+        gates = rollout.spec.gates
+        got = verdict.measurement.requests
+        if move is StepMove.PASS:
+            return "analysis passed"
+        if move is StepMove.BREACH:
+            return "; ".join(verdict.breaches)
+        if move is StepMove.HOLD:
+            if held >= gates.max_hold_seconds:
+                return (
+                    f"holding: {got} of {gates.min_requests} requests at {step}, {held:.0f} s held"
+                    " (on_no_data=hold: until traffic comes or an operator promotes or aborts)"
+                )
+            return (
+                f"holding: {got} of {gates.min_requests} requests at {step},"
+                f" {held:.0f} s held of max {gates.max_hold_seconds:.0f} s"
+            )
+        shortfall = (
+            f"no evidence: {got} requests < min {gates.min_requests} on {rollout.target_pool}"
+            f" after holding {held:.0f} s at {step}"
+        )
+        if move is StepMove.PROMOTE:
+            return f"{shortfall}; going on without it (on_no_data=promote)"
+        return f"{shortfall}; set on_no_data=promote to go on without traffic"
+
+    def _record_analysis(
+        self,
+        rollout: Rollout,
+        weights: Mapping[str, int],
+        verdict: Verdict,
+        move: StepMove,
+        reason: str,
+        *,
+        held: float,
+    ) -> None:
+        """One measurement event: the candidate's window (flat), the baseline's, the verdict, any hold."""
+        gates = rollout.spec.gates
+        holding = (
+            None
+            if verdict.evidence
+            else {
+                "held_seconds": round(held, 3),
+                "max_hold_seconds": gates.max_hold_seconds,
+                "min_requests": gates.min_requests,
+                "on_no_data": gates.on_no_data.value,
+            }
+        )
+        with self.db.transaction() as session:
+            rollout_store.record_measurement(
+                session,
+                rollout.id,
+                reason=reason,
+                weights=weights,
+                measurements={
+                    **verdict.measurement.as_dict(),
+                    "passed": verdict.passed,
+                    "move": move.value,
+                    "baseline": None if verdict.baseline is None else verdict.baseline.as_dict(),
+                    "breaches": list(verdict.breaches),
+                    "notes": list(verdict.notes),
+                    "holding": holding,
+                },
+            )
 
     def _bake_and_finish(self, rollout: Rollout) -> None:
         weights = split_weights(100, source=rollout.source_pool, target=rollout.target_pool)

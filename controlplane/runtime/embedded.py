@@ -115,6 +115,7 @@ def run_embedded(settings: Settings) -> None:
                     engine=services.engine,
                     deployer=services.deployer,
                     recycler=services.recycler,
+                    golden=services.golden,
                 ),
                 max_upload_bytes=settings.max_upload_bytes,
                 readiness=stack.readiness,

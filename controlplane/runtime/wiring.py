@@ -38,6 +38,7 @@ from controlplane.runtime.process import SupervisedProcess
 from controlplane.runtime.recycling import DockerPoolProcesses, SupervisedPoolProcesses
 from controlplane.services.admission import RolloutAdmission
 from controlplane.services.deploys import Deployer
+from controlplane.services.golden import GoldenSets
 from controlplane.services.health import Health
 from controlplane.services.recycle import PoolProcesses, PoolRecycler
 from controlplane.services.registry import Registry
@@ -111,6 +112,7 @@ class Services:
     router: HAProxyRouter
     reconciler: Reconciler
     recycler: PoolRecycler
+    golden: GoldenSets
     # The pools' weights the registry held at start, which the proxy was set to.
     initial_weights: dict[str, int] = field(default_factory=dict)
 
@@ -242,6 +244,7 @@ def build_services(
         router=router,
         reconciler=reconciler,
         recycler=recycler,
+        golden=GoldenSets(db=db, blobs=blobs, uploads_dir=settings.uploads_dir),
         initial_weights=dict(initial_weights or {}),
     )
 

@@ -33,15 +33,24 @@ class Deployer:
         self.answer_within = answer_within
 
     def deploy(
-        self, model: str, number: int, *, pool: str | None = None, actor: str = "anonymous"
+        self,
+        model: str,
+        number: int,
+        *,
+        pool: str | None = None,
+        actor: str = "anonymous",
+        allow_breaking: bool = False,
     ) -> Deployment:
         """Make ``number`` the version of ``model`` that ``pool`` (default: the live pool) serves.
 
         PoolBusy (409) names the rollout or repair that holds the pool;
-        PolicyViolation refuses a version that may not serve before anything starts.
+        PolicyViolation refuses a version that may not serve before anything starts, and
+        Conflict ``breaking_change`` one that breaks clients of production's version unless
+        ``allow_breaking`` and the version declares a new major api_version.
         """
         started = time.monotonic()
-        rollout = self.engine.start(one_step_spec(model, number, Strategy.INPLACE), actor=actor, pool=pool)
+        spec = one_step_spec(model, number, Strategy.INPLACE, allow_breaking=allow_breaking)
+        rollout = self.engine.start(spec, actor=actor, pool=pool)
         ended = self.engine.wait(rollout.id, timeout=self.answer_within)
         if ended.state is RolloutState.SUCCEEDED:
             return self._served(ended, actor=actor, seconds=time.monotonic() - started)

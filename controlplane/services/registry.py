@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS
 from controlplane.artifacts.ingest import IngestedArtifact, ingest_archive
 from controlplane.artifacts.model_config import ConfigReview
+from controlplane.domain.golden import GoldenSource
 from controlplane.domain.models import (
     AuditEvent,
     Model,
@@ -21,9 +24,10 @@ from controlplane.domain.models import (
 from controlplane.domain.policy import check_pushable
 from controlplane.errors import ControlPlaneError
 from controlplane.metrics import PUSHES
-from controlplane.registry import store
+from controlplane.registry import golden_store, store
 from controlplane.registry.db import Database
 from controlplane.services import audit
+from controlplane.services.golden import FolderGolden, folder_golden
 from controlplane.services.signing import Signing
 
 
@@ -70,6 +74,8 @@ class Registry:
                     allowed_backends=self.allowed_backends,
                     admit=admit,
                 )
+                # Checked against the signature before anything is registered, so a bad one refuses the push.
+                golden = folder_golden(artifact.manifest, artifact.signature, self.blobs)
             except ControlPlaneError as exc:
                 PUSHES.labels("rejected").inc()
                 audit.record(
@@ -81,12 +87,17 @@ class Registry:
                     details={"code": exc.code, "error": exc.message},
                 )
                 raise
-            version, created = self._register(name, artifact, metadata, actor)
+            version, created = self._register(name, artifact, metadata, actor, golden)
         PUSHES.labels("created" if created else "unchanged").inc()
         return version, created
 
     def _register(
-        self, name: ModelName, artifact: IngestedArtifact, metadata: VersionMetadata, actor: str
+        self,
+        name: ModelName,
+        artifact: IngestedArtifact,
+        metadata: VersionMetadata,
+        actor: str,
+        golden: FolderGolden | None = None,
     ) -> tuple[ModelVersion, bool]:
         with self.db.transaction() as session:
             version, created = store.register_version(
@@ -98,15 +109,40 @@ class Registry:
                 signature=artifact.signature,
                 metadata=metadata,
             )
+            details: dict[str, object] = {"digest": version.digest, "files": len(version.manifest)}
+            if golden is not None:
+                self._register_golden(session, name, version.number, golden, actor)
+                details["golden"] = {"file": golden.entry.path, "rows": golden.golden.rows}
             store.append_event(
                 session,
                 actor=actor,
                 action="push",
                 target=f"{name}/{version.number}",
                 outcome="created" if created else "unchanged",
-                details={"digest": version.digest, "files": len(version.manifest)},
+                details=details,
             )
         return version, created
+
+    @staticmethod
+    def _register_golden(
+        session: Session, name: ModelName, number: int, golden: FolderGolden, actor: str
+    ) -> None:
+        """Record the folder's golden set in the version's transaction (it replaces an attached one)."""
+        existing = golden_store.get_golden(session, model=name, number=number)
+        if existing is not None and existing.source is GoldenSource.FOLDER:
+            return  # the same folder pushed again: its golden set is recorded already
+        golden_store.record_golden(
+            session,
+            model=name,
+            number=number,
+            digest=golden.entry.sha256,
+            size=golden.entry.size,
+            fmt=golden.format,
+            rows=golden.golden.rows,
+            outputs=golden.golden.effective_tolerances(),
+            source=GoldenSource.FOLDER,
+            actor=actor,
+        )
 
     def list_models(self) -> list[Model]:
         with self.db.transaction() as session:

@@ -21,7 +21,8 @@ import uuid
 from pathlib import Path
 
 from controlplane.artifacts.blobs import BlobStore
-from controlplane.domain.models import ModelVersion, staged_path
+from controlplane.domain.golden import is_golden_file
+from controlplane.domain.models import ManifestEntry, ModelVersion, staged_path
 from controlplane.files import link_or_copy
 from controlplane.staging.swap import replace_directory
 
@@ -54,7 +55,7 @@ class PoolRepository:
         folder = self.staging / f"{version.model}.{version.number}.{uuid.uuid4().hex[:8]}"
         folder.mkdir()
         try:
-            for entry in version.manifest:
+            for entry in staged_entries(version):
                 blob = store.verify(entry.sha256, entry.size) if verify else store.path_for(entry.sha256)
                 rel = staged_path(
                     entry.path, source_version_dir=version.source_version_dir, number=version.number
@@ -107,7 +108,7 @@ class PoolRepository:
             return ["the model folder is missing"]
         expected = {
             staged_path(e.path, source_version_dir=version.source_version_dir, number=version.number): e
-            for e in version.manifest
+            for e in staged_entries(version)
         }
         found: list[str] = []
         actual: set[str] = set()
@@ -133,6 +134,11 @@ class PoolRepository:
             if st.st_size != entry.size or _sha256(live / rel) != entry.sha256:
                 found.append(f"{rel} is not the staged blob")
         return found
+
+
+def staged_entries(version: ModelVersion) -> list[ManifestEntry]:
+    """The files of ``version`` Triton's repository holds: all but its golden set (the control plane's)."""
+    return [e for e in version.manifest if not is_golden_file(e.path)]
 
 
 def _sha256(path: Path) -> str:

@@ -56,6 +56,28 @@ def _translate(exc: InferenceServerException, what: str) -> Exception:
     return ModelLoadFailed(f"{what}: {exc.message()}")
 
 
+def zero_inputs(signature: ModelSignature) -> dict[str, np.ndarray]:
+    """A zero-filled input per declared input, batch 1 (variable dims 1; BYTES as empty strings).
+
+    SmokeTestFailed when an input's data type has no numpy form.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = [1 if d == -1 else d for d in spec.dims]
+        if signature.max_batch_size > 0:
+            shape = [1, *shape]
+        dtype = triton_to_np_dtype(spec.data_type)
+        if dtype is None:
+            raise SmokeTestFailed(
+                f"input {spec.name!r} has a data type ({spec.data_type}) with no numpy form"
+            )
+        data = np.zeros(shape, dtype=np.object_ if spec.data_type == "BYTES" else dtype)
+        if spec.data_type == "BYTES":
+            data.fill(b"")
+        arrays[spec.name] = data
+    return arrays
+
+
 class TritonClient:
     """Control calls to one Triton server (its own gRPC port, never through the proxy)."""
 
@@ -235,19 +257,11 @@ class TritonClient:
     def smoke_test(self, model: str, version: int, signature: ModelSignature) -> None:
         """One real inference on ``version`` with zero-filled inputs; every declared output must come back."""
         inputs = []
+        arrays = zero_inputs(signature)
         for spec in signature.inputs:
-            shape = [1 if d == -1 else d for d in spec.dims]
-            if signature.max_batch_size > 0:
-                shape = [1, *shape]
-            dtype = triton_to_np_dtype(spec.data_type)
-            if dtype is None:
-                raise SmokeTestFailed(
-                    f"input {spec.name!r} has a data type ({spec.data_type}) with no numpy form"
-                )
-            data = np.zeros(shape, dtype=np.object_ if spec.data_type == "BYTES" else dtype)
-            if spec.data_type == "BYTES":
-                data.fill(b"")
-            tensor = grpcclient.InferInput(spec.name, shape, spec.data_type)
+            data = arrays[spec.name]
+            # The declared type, not numpy's: some (BF16) travel as another numpy type.
+            tensor = grpcclient.InferInput(spec.name, list(data.shape), spec.data_type)
             tensor.set_data_from_numpy(data)
             inputs.append(tensor)
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in signature.outputs]

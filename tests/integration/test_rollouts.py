@@ -69,6 +69,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield Env(services, stack, f"127.0.0.1:{grpc_port}", outputs)
 
 
+# For the tests that send no client traffic: no request to wait for before a step's gates count.
+WITHOUT_CLIENTS = Gates(max_error_rate=0.01, min_requests=0)
+
+
 def _event_time(rollout, state: RolloutState) -> datetime:  # type: ignore[no-untyped-def]
     return next(e.at for e in rollout.events if e.to_state == state.value)
 
@@ -156,9 +160,8 @@ def test_two_rollouts_at_once_on_one_pool_pair_accept_exactly_one(env: Env) -> N
 
     def attempt(version: int) -> str:
         try:
-            return (
-                f"accepted {engine.start(rollout_spec(version, Strategy.BLUEGREEN, (100,)), actor='test').id}"
-            )
+            spec = rollout_spec(version, Strategy.BLUEGREEN, (100,), gates=WITHOUT_CLIENTS)
+            return f"accepted {engine.start(spec, actor='test').id}"
         except Conflict as exc:
             return f"conflict {exc.code}"
 
@@ -176,7 +179,9 @@ def test_a_deploy_or_an_inplace_rollout_during_a_bluegreen_rollout_is_refused_na
     with env.services.db.transaction() as session:
         serving = store.get_model(session, "mlp").deployments[0].version
     target = 2 if serving == 1 else 1
-    running = engine.start(rollout_spec(target, Strategy.BLUEGREEN, (100,)), actor="test")
+    running = engine.start(
+        rollout_spec(target, Strategy.BLUEGREEN, (100,), gates=WITHOUT_CLIENTS), actor="test"
+    )
 
     with pytest.raises(Conflict) as deploy:
         env.services.deployer.deploy("mlp", serving, actor="test")

@@ -239,5 +239,5 @@ def test_faulty_model_fails_to_load_with_reason(client: grpcclient.InferenceServ
     index = client.get_model_repository_index(as_json=True)["models"]
     entry = next(model for model in index if model["name"] == "faulty")
     assert entry["state"] == "UNAVAILABLE"
-    assert "INVALID_PROTOBUF" in entry["reason"]
+    assert "INVALID_GRAPH" in entry["reason"]
     assert not client.is_model_ready("faulty")

@@ -39,7 +39,15 @@ from controlplane.settings import Settings
 class NoTritonDeployer:
     """What deploys meet in an API with no Triton pool behind it: every deploy is unavailable."""
 
-    def deploy(self, model: str, number: int, *, pool: str | None = None, actor: str = "") -> Deployment:
+    def deploy(
+        self,
+        model: str,
+        number: int,
+        *,
+        pool: str | None = None,
+        actor: str = "",
+        allow_breaking: bool = False,
+    ) -> Deployment:
         raise TritonUnavailable(f"this API serves no Triton pool; {model} version {number} cannot deploy")
 
 

@@ -137,7 +137,7 @@ def test_a_failed_deploy_shows_tritons_reason_without_server_paths_or_stack(
     assert refused.status_code == 422
     error = refused.json()["error"]
     assert error["code"] == "deploy_failed"
-    assert "INVALID_PROTOBUF" in error["message"] and "broken/1/model.onnx" in error["message"]
+    assert "INVALID_GRAPH" in error["message"] and "broken/1/model.onnx" in error["message"]
     deploy_event = next(e for e in reversed(events) if e["action"] == "deploy" and e["target"] == "broken/1")
     for shown in (error["message"], stored, deploy_event["details"]["error"]):
         assert str(stack.state_dir) not in shown

@@ -358,12 +358,31 @@ backend: "onnxruntime"
 """
 
 
+def onnx_model(weights: bytes) -> bytes:
+    """An ONNX graph with the interface of ``CONFIG`` (INPUT0[4] -> OUTPUT0[2]) that carries ``weights``.
+
+    Push checks the graph against the config; ``weights`` (in the doc string) tells versions apart.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    matrix = numpy_helper.from_array(np.zeros((4, 2), dtype=np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["INPUT0", "W"], ["OUTPUT0"])],
+        "fake",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 2])],
+        [matrix],
+    )
+    model = helper.make_model(graph, doc_string=weights.decode("utf-8", "backslashreplace"))
+    return model.SerializeToString(deterministic=True)
+
+
 def model_folder(root: Path, name: str, weights: bytes) -> Path:
-    """A model folder as a user pushes it: config.pbtxt and ``1/model.onnx`` holding ``weights``."""
+    """A model folder as a user pushes it: config.pbtxt and a ``1/model.onnx`` that carries ``weights``."""
     folder = root / name
     (folder / "1").mkdir(parents=True)
     (folder / "config.pbtxt").write_text(CONFIG.format(name=name), encoding="utf-8")
-    (folder / "1" / "model.onnx").write_bytes(weights)
+    (folder / "1" / "model.onnx").write_bytes(onnx_model(weights))
     return folder
 
 

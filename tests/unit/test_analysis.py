@@ -10,10 +10,14 @@ import pytest
 from controlplane.domain.analysis import (
     Gates,
     Measurement,
+    OnNoData,
     PoolSample,
+    StepMove,
     Verdict,
     evaluate,
     measure,
+    next_look,
+    next_move,
 )
 from controlplane.errors import InvalidInput
 
@@ -243,18 +247,34 @@ def test_healthy_window_passes_without_notes() -> None:
     assert verdict == Verdict(passed=True, measurement=verdict.measurement, breaches=(), notes=())
 
 
-def test_too_few_requests_pass_the_error_rate_gate_with_a_note() -> None:
+def test_too_few_requests_neither_pass_nor_breach_but_wait_with_a_note() -> None:
     verdict = evaluate(window(12, 1), Gates(max_error_rate=0.05, min_requests=20))
-    assert verdict.passed
+    assert not verdict.passed
+    assert not verdict.evidence
+    assert verdict.waiting
+    assert verdict.breaches == ()
     assert verdict.notes == (
-        "insufficient traffic: 12 requests < min 20 (1 failed); error rate gate not applied",
+        "insufficient traffic: 12 requests < min 20 (1 failed); the gates wait for more",
     )
 
 
-def test_no_traffic_at_all_passes_with_a_note() -> None:
+def test_no_traffic_at_all_is_no_pass() -> None:
     verdict = evaluate(window(0, 0), Gates(max_error_rate=0.05))
-    assert verdict.passed
+    assert not verdict.passed
+    assert verdict.waiting
     assert "insufficient traffic: 0 requests" in verdict.notes[0]
+
+
+def test_no_traffic_is_no_pass_even_without_any_threshold() -> None:
+    verdict = evaluate(window(3, 0), Gates())
+    assert not verdict.passed
+    assert verdict.waiting
+
+
+def test_min_requests_zero_passes_a_window_without_traffic() -> None:
+    verdict = evaluate(window(0, 0), Gates(max_error_rate=0.05, min_requests=0))
+    assert verdict.passed
+    assert verdict.evidence
 
 
 def test_too_few_requests_still_fail_when_the_errors_alone_breach_at_min_requests() -> None:
@@ -277,15 +297,18 @@ def test_unknown_p99_passes_the_latency_gate_with_a_note() -> None:
     assert "p99 unknown" in verdict.notes[0]
 
 
-def test_latency_gate_ignores_min_requests() -> None:
+def test_latency_gate_waits_for_min_requests_as_a_p99_of_three_requests_is_their_slowest() -> None:
     verdict = evaluate(window(3, 0, p99_us=90_000), Gates(max_p99_ms=50, min_requests=20))
+    assert verdict.breaches == ()
+    assert verdict.waiting
+    verdict = evaluate(window(20, 0, p99_us=90_000), Gates(max_p99_ms=50, min_requests=20))
     assert verdict.breaches == ("p99 90.0 ms > max 50.0 ms",)
 
 
-def test_no_gates_pass_with_a_note() -> None:
+def test_no_gates_pass_on_traffic_alone_with_a_note() -> None:
     verdict = evaluate(window(100, 100), Gates())
     assert verdict.passed
-    assert verdict.notes == ("no gates configured; nothing was checked",)
+    assert verdict.notes == ("no gates configured; only the traffic (min 20 requests) was checked",)
 
 
 def test_restarts_are_noted_in_the_verdict() -> None:
@@ -305,3 +328,141 @@ def test_verdict_as_dict_is_json_ready() -> None:
     assert json.loads(json.dumps(d)) == d
     assert d["passed"] is False
     assert d["measurement"]["errors"] == 31
+
+
+# -- relative gates ------------------------------------------------------------------------
+
+
+def test_a_candidate_worse_than_the_baseline_by_more_than_the_increase_breaches_under_the_absolute_gate() -> (
+    None
+):
+    gates = Gates(max_error_rate=0.10, max_error_rate_increase=0.02, min_requests=20)
+    verdict = evaluate(window(100, 5), gates, baseline=window(400, 4))
+    assert not verdict.passed
+    assert verdict.breaches == (
+        "error rate increase 0.04 > max 0.02 (candidate 0.05: 5 of 100 requests;"
+        " baseline 0.01: 4 of 400 requests)",
+    )
+
+
+def test_a_candidate_as_good_as_the_baseline_passes_the_relative_error_gate() -> None:
+    gates = Gates(max_error_rate_increase=0.02, min_requests=20)
+    verdict = evaluate(window(100, 5), gates, baseline=window(400, 16))
+    assert verdict.passed
+    assert verdict.baseline is not None and verdict.baseline.requests == 400
+
+
+def test_a_candidate_slower_than_the_baseline_by_more_than_the_ratio_breaches_under_the_absolute_gate() -> (
+    None
+):
+    gates = Gates(max_p99_ms=100.0, max_p99_ratio=1.5, min_requests=20)
+    verdict = evaluate(window(100, 0, p99_us=24_000), gates, baseline=window(300, 0, p99_us=4_000))
+    assert verdict.breaches == ("p99 ratio 6.00 > max 1.50 (candidate 24.0 ms, baseline 4.0 ms)",)
+
+
+def test_a_p99_within_the_ratio_passes() -> None:
+    gates = Gates(max_p99_ratio=1.5, min_requests=20)
+    verdict = evaluate(window(100, 0, p99_us=5_000), gates, baseline=window(300, 0, p99_us=4_000))
+    assert verdict.passed
+
+
+def test_a_baseline_with_too_little_traffic_skips_the_relative_gates_with_notes() -> None:
+    gates = Gates(max_error_rate_increase=0.0, max_p99_ratio=1.0, min_requests=20)
+    verdict = evaluate(window(100, 50, p99_us=90_000), gates, baseline=window(5, 0, p99_us=1_000))
+    assert verdict.passed
+    assert verdict.notes == (
+        "baseline has too little traffic: 5 requests < min 20; error rate increase gate not applied",
+        "baseline has too little traffic: 5 requests < min 20; p99 ratio gate not applied",
+    )
+
+
+def test_a_baseline_without_traffic_is_no_yardstick_even_with_min_requests_zero() -> None:
+    verdict = evaluate(
+        window(10, 5), Gates(max_error_rate_increase=0.0, min_requests=0), baseline=window(0, 0)
+    )
+    assert verdict.passed
+    assert "baseline has too little traffic: 0 requests < min 1" in verdict.notes[0]
+
+
+def test_a_baseline_without_p99_skips_the_ratio_gate_with_a_note() -> None:
+    gates = Gates(max_p99_ratio=1.2, min_requests=20)
+    verdict = evaluate(window(100, 0, p99_us=50_000), gates, baseline=window(100, 0, p99_us=None))
+    assert verdict.passed
+    assert verdict.notes == (
+        "baseline p99 unknown (Triton reported no recent request durations); p99 ratio gate not applied",
+    )
+
+
+def test_relative_gates_without_a_baseline_measurement_are_skipped_with_a_note() -> None:
+    verdict = evaluate(window(100, 50), Gates(max_error_rate_increase=0.01, min_requests=20))
+    assert verdict.passed
+    assert verdict.notes == ("no baseline measured; error rate increase gate not applied",)
+
+
+def test_errors_already_seen_breach_the_relative_gate_before_the_evidence_is_complete() -> None:
+    # 4 failed of 5: even over 20 requests the rate is 0.2, 0.19 above the baseline's 0.01.
+    gates = Gates(max_error_rate_increase=0.05, min_requests=20)
+    verdict = evaluate(window(5, 4), gates, baseline=window(100, 1))
+    assert not verdict.passed
+    assert verdict.breaches == (
+        "4 of 5 requests failed: error rate 0.2 even counted over the minimum of 20 requests,"
+        " an increase of 0.19 > max 0.05 (baseline 0.01: 1 of 100 requests)",
+    )
+
+
+def test_relative_gates_wait_for_the_candidates_evidence() -> None:
+    gates = Gates(max_error_rate_increase=0.05, max_p99_ratio=1.1, min_requests=20)
+    verdict = evaluate(window(5, 0, p99_us=80_000), gates, baseline=window(100, 1, p99_us=1_000))
+    assert verdict.breaches == ()
+    assert verdict.waiting
+
+
+def test_verdict_as_dict_holds_both_measurements() -> None:
+    gates = Gates(max_error_rate_increase=0.5)
+    d = evaluate(window(100, 2), gates, baseline=window(50, 1)).as_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["measurement"]["requests"] == 100
+    assert d["baseline"]["requests"] == 50
+    assert d["evidence"] is True
+
+
+# -- what a step does next -----------------------------------------------------------------
+
+
+def _waiting() -> Verdict:
+    return evaluate(window(3, 0), Gates(max_error_rate=0.05, min_requests=20))
+
+
+def test_a_step_passes_on_evidence_and_rolls_back_on_a_breach_whatever_it_held() -> None:
+    gates = Gates(max_error_rate=0.05, min_requests=20)
+    assert next_move(evaluate(window(50, 0), gates), gates, held_seconds=0.0) is StepMove.PASS
+    assert next_move(evaluate(window(50, 10), gates), gates, held_seconds=999.0) is StepMove.BREACH
+
+
+def test_a_step_without_evidence_holds_until_max_hold_seconds() -> None:
+    gates = Gates(max_error_rate=0.05, min_requests=20, max_hold_seconds=60.0)
+    assert next_move(_waiting(), gates, held_seconds=0.0) is StepMove.HOLD
+    assert next_move(_waiting(), gates, held_seconds=59.9) is StepMove.HOLD
+    assert next_move(_waiting(), gates, held_seconds=60.0) is StepMove.ABORT
+
+
+@pytest.mark.parametrize(
+    ("on_no_data", "move"),
+    [(OnNoData.ABORT, StepMove.ABORT), (OnNoData.PROMOTE, StepMove.PROMOTE), (OnNoData.HOLD, StepMove.HOLD)],
+)
+def test_after_the_hold_on_no_data_decides(on_no_data: OnNoData, move: StepMove) -> None:
+    gates = Gates(max_error_rate=0.05, min_requests=20, max_hold_seconds=60.0, on_no_data=on_no_data)
+    assert next_move(_waiting(), gates, held_seconds=61.0) is move
+
+
+def test_a_zero_hold_applies_on_no_data_at_the_first_window_without_evidence() -> None:
+    gates = Gates(min_requests=20, max_hold_seconds=0.0, on_no_data=OnNoData.PROMOTE)
+    assert next_move(_waiting(), gates, held_seconds=0.0) is StepMove.PROMOTE
+
+
+def test_a_holding_step_looks_again_after_a_step_cut_at_the_hold_limit() -> None:
+    gates = Gates(max_hold_seconds=50.0)
+    assert next_look(gates, step_seconds=30.0, held_seconds=0.0) == 30.0
+    assert next_look(gates, step_seconds=30.0, held_seconds=30.0) == 20.0
+    # Past the limit (on_no_data=hold): a step at a time.
+    assert next_look(gates, step_seconds=30.0, held_seconds=80.0) == 30.0

@@ -26,6 +26,7 @@ ROUTES = {
     ("GET", "/v1/models/{model}/versions"): ("registry", "200"),
     ("POST", "/v1/models/{model}/versions"): ("registry", "201"),
     ("GET", "/v1/models/{model}/versions/{version}"): ("registry", "200"),
+    ("PATCH", "/v1/models/{model}/versions/{version}/metadata"): ("registry", "200"),
     ("POST", "/v1/models/{model}/versions/{version}/deploy"): ("deploy", "200"),
     ("PUT", "/v1/models/{model}/versions/{version}/signature"): ("signatures", "200"),
     ("GET", "/v1/models/{model}/versions/{version}/signature"): ("signatures", "200"),
