@@ -149,14 +149,14 @@ def test_up_refuses_a_stale_schema_until_db_upgrade_has_run(tmp_path: Path) -> N
     refused = subprocess.run([str(CONTROLPLANE), "up"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
-        "error: database schema is at nothing, this code needs 0007: "
+        "error: database schema is at nothing, this code needs 0010: "
         "run `controlplane db upgrade` (stale_schema)"
     )
     assert _processes_mentioning(str(tmp_path / "state")) == []
 
     stale = subprocess.run([str(CONTROLPLANE), "db", "current"], env=env, capture_output=True, text=True)
-    assert stale.returncode == 1 and stale.stdout.strip() == "empty (code needs 0007)"
+    assert stale.returncode == 1 and stale.stdout.strip() == "empty (code needs 0010)"
     upgraded = subprocess.run([str(CONTROLPLANE), "db", "upgrade"], env=env, capture_output=True, text=True)
-    assert upgraded.returncode == 0 and upgraded.stdout.strip() == "database at revision 0007"
+    assert upgraded.returncode == 0 and upgraded.stdout.strip() == "database at revision 0010"
     current = subprocess.run([str(CONTROLPLANE), "db", "current"], env=env, capture_output=True, text=True)
-    assert current.returncode == 0 and current.stdout.strip() == "0007 (code needs 0007)"
+    assert current.returncode == 0 and current.stdout.strip() == "0007 (code needs 0010)"
