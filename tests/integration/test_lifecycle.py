@@ -159,4 +159,4 @@ def test_up_refuses_a_stale_schema_until_db_upgrade_has_run(tmp_path: Path) -> N
     upgraded = subprocess.run([str(CONTROLPLANE), "db", "upgrade"], env=env, capture_output=True, text=True)
     assert upgraded.returncode == 0 and upgraded.stdout.strip() == "database at revision 0010"
     current = subprocess.run([str(CONTROLPLANE), "db", "current"], env=env, capture_output=True, text=True)
-    assert current.returncode == 0 and current.stdout.strip() == "0007 (code needs 0010)"
+    assert current.returncode == 0 and current.stdout.strip() == "0010 (code needs 0010)"
