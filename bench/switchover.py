@@ -133,7 +133,10 @@ def main() -> None:
                     rollout = start_rollout()
                     rollout = engine.wait(rollout.id, 300)
                     assert rollout.state is RolloutState.SUCCEEDED, rollout.reason
-                    at = {e.to_state: e.at.timestamp() for e in rollout.events}
+                    at: dict[str, float] = {}
+                    for event in rollout.events:
+                        # The first event of a state: measurements recorded later carry its name too.
+                        at.setdefault(event.to_state, event.at.timestamp())
                     full = at[RolloutState.BAKING.value]
                     staged = at[RolloutState.STAGING.value]
                     shifted = at[RolloutState.SHIFTING.value]
@@ -176,7 +179,9 @@ def main() -> None:
         overhead = total - load_seconds
         print(f"  {label:<18} call -> 100% weight {total:6.2f} s   overhead over load {overhead:+6.2f} s")
         accept, stage, shift = phases
-        print(f"  {'':<18}   accept {accept:5.2f} s, stage+load+smoke {stage:5.2f} s, shift {shift:5.2f} s")
+        print(
+            f"  {'':<18}   accept {accept:5.2f} s, stage+load+checks {stage:5.2f} s, shift {shift:5.2f} s"
+        )
 
 
 if __name__ == "__main__":
