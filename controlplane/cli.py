@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -64,6 +64,32 @@ def _request(method: str, api: str, path: str, **kwargs: Any) -> Any:
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+ModelRef = Annotated[str, typer.Argument(help="Model name, or model@alias for the version an alias names.")]
+OptionalVersion = Annotated[int | None, typer.Argument(help="Version number (not with model@alias).")]
+
+
+def _version_ref(model: str, version: int | None) -> tuple[str, int | str]:
+    """``mlp 2`` -> (mlp, 2); ``mlp@challenger`` -> (mlp, challenger); fails on both or neither."""
+    name, sep, alias = model.partition("@")
+    if sep:
+        if version is not None:
+            fail(f"give {model} or a version number, not both")
+        if not name or not alias:
+            fail(f"{model!r} is not of the form model@alias")
+        return name, alias
+    if version is None:
+        fail(f"give a version number of {model}, or an alias as {model}@ALIAS")
+    return name, version
+
+
+def _resolved_version(api: str, model: str, version: int | None) -> tuple[str, int]:
+    """The model and version number named by ``model [version]`` or ``model@alias`` (asked of the API)."""
+    name, ref = _version_ref(model, version)
+    if isinstance(ref, int):
+        return name, ref
+    return name, int(_request("GET", api, f"/v1/models/{name}/aliases/{ref}")["version"])
 
 
 # -- the embedded stack ----------------------------------------------------------------
@@ -188,8 +214,8 @@ def push(
 
 @app.command()
 def deploy(
-    model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version number.")],
+    model: ModelRef,
+    version: OptionalVersion = None,
     pool: Annotated[str | None, typer.Option(help="Pool to serve on (default: the stack's pool).")] = None,
     allow_breaking: Annotated[
         bool,
@@ -203,6 +229,7 @@ def deploy(
     as_json: JsonFlag = False,
 ) -> None:
     """Stage, load and smoke-test a version, then make it serve."""
+    model, version = _resolved_version(api, model, version)
     params: dict[str, str] = {"pool": pool} if pool else {}
     if allow_breaking:
         params["allow_breaking"] = "true"
@@ -273,12 +300,13 @@ def _compatibility_lines(compat: dict[str, Any] | None) -> list[str]:
 
 @app.command()
 def show(
-    model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version number.")],
+    model: ModelRef,
+    version: OptionalVersion = None,
     api: ApiUrl = DEFAULT_API,
     as_json: JsonFlag = False,
 ) -> None:
     """Print one version: state, digest, metadata, interface and its compatibility with production."""
+    model, version = _resolved_version(api, model, version)
     v = _request("GET", api, f"/v1/models/{model}/versions/{version}")
     if as_json:
         _print_json(v)
@@ -367,6 +395,10 @@ def _describe(r: dict[str, Any]) -> str:
     if r["state"] == "shifting" and r["step_index"] is not None:
         index, steps = r["step_index"], r["steps"]
         step = f" step {index + 1}/{len(steps)} ({steps[index]}% to {r['target_pool']})"
+    if r["state"] == "pending_approval":
+        step = f" (until {r.get('approval_expires_at') or '?'})"
+    elif r.get("approved_by") and r["state"] not in ("rejected", "expired"):
+        step += f" (approved by {r['approved_by']})"
     return f"rollout {r['id']} {r['model']} v{r['version']}: {r['state']}{step}  weights {shown or '?'}"
 
 
@@ -427,10 +459,17 @@ def _follow(api: str, rollout_id: int, *, interval: float = 0.5) -> dict[str, An
         if not r["active"]:
             typer.echo(f"rollout {rollout_id} {r['state']}: {r['reason']}")
             return r
-        time.sleep(interval)
+        # Approval may take hours: no need to ask twice a second meanwhile.
+        time.sleep(max(interval, 2.0) if r["state"] == "pending_approval" else interval)
 
 
 def _finish(api: str, result: dict[str, Any], watch: bool, as_json: bool) -> None:
+    if result.get("state") == "pending_approval":
+        typer.echo(
+            f"rollout {result['id']} waits for approval until {result.get('approval_expires_at')}: another "
+            f"principal with the approver role runs `controlplane rollout approve {result['id']}`",
+            err=True,
+        )
     if watch:
         result = _follow(api, result["id"])
     if as_json:
@@ -443,8 +482,10 @@ def _finish(api: str, result: dict[str, Any], watch: bool, as_json: bool) -> Non
 
 @rollout_app.command("start")
 def rollout_start(
-    model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version to move traffic to.")],
+    model: ModelRef,
+    version: Annotated[
+        int | None, typer.Argument(help="Version to move traffic to (not with model@alias).")
+    ] = None,
     strategy: Annotated[str, typer.Option(help="canary, bluegreen or inplace.")] = "canary",
     steps: Annotated[str | None, typer.Option(help="Percentages, e.g. 10,50,100.")] = None,
     step_seconds: Annotated[float, typer.Option(help="Analysis window per step.")] = 30.0,
@@ -495,9 +536,11 @@ def rollout_start(
         parsed_steps = [int(x) for x in steps.split(",")] if steps else None
     except ValueError:
         fail(f"--steps must be comma-separated integers, got {steps!r}")
+    # An alias goes to the API as such: it resolves it at start and records which alias it was.
+    model, ref = _version_ref(model, version)
     body = {
         "model": model,
-        "version": version,
+        "version": ref,
         "strategy": strategy,
         "steps": parsed_steps,
         "step_seconds": step_seconds,
@@ -573,6 +616,32 @@ def rollout_promote(
     _finish(api, _request("POST", api, f"/v1/rollouts/{rollout_id}/promote"), watch, as_json)
 
 
+@rollout_app.command("approve")
+def rollout_approve(
+    rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+    watch: WatchFlag = True,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Approve a rollout waiting for approval (approver or admin; never your own request): it runs."""
+    _finish(api, _request("POST", api, f"/v1/rollouts/{rollout_id}/approve"), watch, as_json)
+
+
+@rollout_app.command("reject")
+def rollout_reject(
+    rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+    reason: Annotated[str, typer.Option(help="Why the request is refused (kept in the audit log).")],
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Refuse a rollout waiting for approval; it ends as rejected."""
+    result = _request("POST", api, f"/v1/rollouts/{rollout_id}/reject", json={"reason": reason})
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"rollout {result['id']} {result['state']}: {result['reason']}")
+
+
 @app.command()
 def rollback(
     model: Annotated[str, typer.Argument(help="Model name.")],
@@ -580,7 +649,7 @@ def rollback(
     api: ApiUrl = DEFAULT_API,
     as_json: JsonFlag = False,
 ) -> None:
-    """Return a model to its previous production version."""
+    """Return a model to its previous production version (never waits for approval)."""
     _finish(api, _request("POST", api, f"/v1/models/{model}/rollback"), watch, as_json)
 
 
@@ -631,7 +700,7 @@ def pool_recycle(
 
 # -- signature policy --------------------------------------------------------------------------
 
-policy_app = typer.Typer(help="Signature policy of a model.", no_args_is_help=True)
+policy_app = typer.Typer(help="Signature and approval policy of a model.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
 
@@ -665,17 +734,31 @@ def policy_set(
             help="Such versions need a verified signature to deploy. Unset: required.",
         ),
     ] = None,
+    require_approval: Annotated[
+        bool,
+        typer.Option(
+            "--require-approval/--no-require-approval",
+            help="Rollouts and deploys wait until another principal approves them (rollbacks never wait).",
+        ),
+    ] = False,
+    approval_timeout: Annotated[
+        int,
+        typer.Option(help="Seconds a request may wait for approval before it expires (60..2592000)."),
+    ] = 86400,
     api: ApiUrl = DEFAULT_API,
 ) -> None:
-    """Set who must sign the model's versions and whether it may run code backends (admin).
+    """Set who must sign a model's versions, whether it may run code backends, whether it needs approval.
 
-    Replaces the model's whole policy: options left out follow the global policy.
+    Admin only. Replaces the model's whole policy: options left out follow the
+    global policy (approval: not required).
     """
     body = {
         "require_signature": require_signature,
         "allowed_signers": allow_signer,
         "allow_code_backends": allow_code_backends,
         "code_backends_require_signature": code_backends_require_signature,
+        "require_approval": require_approval,
+        "approval_timeout_seconds": approval_timeout,
     }
     _print_json(_request("PUT", api, f"/v1/models/{model}/policy", json=body))
 
@@ -751,7 +834,7 @@ def _token_session(database_url: str | None, state_dir: Path | None) -> Iterator
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Argument(help="Who or what uses the token (shown in the audit log).")],
-    role: Annotated[str, typer.Option(help="viewer, publisher, deployer or admin.")] = "viewer",
+    role: Annotated[str, typer.Option(help="viewer, publisher, deployer, approver or admin.")] = "viewer",
     state_dir: StateDir = None,
     database_url: DbUrl = None,
 ) -> None:
@@ -907,6 +990,414 @@ def golden_show(
         _print_json(result)
         return
     typer.echo(_golden_line(result))
+
+
+# -- aliases -----------------------------------------------------------------------------------
+
+alias_app = typer.Typer(
+    help="Aliases: named pointers to a model's versions (production moves when a rollout succeeds).",
+    no_args_is_help=True,
+)
+app.add_typer(alias_app, name="alias")
+AliasName = Annotated[
+    str, typer.Argument(help="Alias name: 1-64 of a-z, 0-9, '_', '-', starting with a letter.")
+]
+Reason = Annotated[str, typer.Option(help="Why (kept in the alias's history).")]
+
+
+def _when(iso: str) -> str:
+    """An API timestamp (ISO 8601, UTC) to the second: ``2026-12-05 10:02:11``."""
+    return iso[:19].replace("T", " ")
+
+
+def _alias_line(a: dict[str, Any]) -> str:
+    return f"{a['model']}@{a['alias']:<20} v{a['version']:<5} set by {a['actor']} at {_when(a['updated_at'])}"
+
+
+def _alias_move_line(m: dict[str, Any]) -> str:
+    before = "-" if m["previous"] is None else f"v{m['previous']}"
+    after = "deleted" if m["version"] is None else f"v{m['version']}"
+    rollout = f"  [rollout {m['rollout']}]" if m["rollout"] is not None else ""
+    reason = f"  {m['reason']}" if m["reason"] else ""
+    return f"{_when(m['at'])}  {before:>6} -> {after:<7} by {m['actor']}{reason}{rollout}"
+
+
+@alias_app.command("set")
+def alias_set(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: AliasName,
+    version: Annotated[int, typer.Argument(help="Version number it points to from now on.")],
+    reason: Reason = "",
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Point an alias at a version (create or move it; deployer or admin)."""
+    body = {"version": version, "reason": reason}
+    result = _request("PUT", api, f"/v1/models/{model}/aliases/{alias}", json=body)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(_alias_line(result))
+
+
+@alias_app.command("list")
+def alias_list(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """The model's aliases and the versions they point to."""
+    result = _request("GET", api, f"/v1/models/{model}/aliases")
+    if as_json:
+        _print_json(result)
+        return
+    if not result:
+        typer.echo(f"{model} has no aliases")
+    for a in result:
+        typer.echo(_alias_line(a))
+
+
+@alias_app.command("show")
+def alias_show(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: AliasName,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """The version an alias points to, with its state and digest."""
+    result = _request("GET", api, f"/v1/models/{model}/aliases/{alias}")
+    if as_json:
+        _print_json(result)
+        return
+    v = result["version_summary"]
+    typer.echo(_alias_line(result))
+    typer.echo(f"v{v['version']}: {v['state']}, {v['size_bytes']} B, sha256:{v['digest']}")
+
+
+@alias_app.command("delete")
+def alias_delete(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: AliasName,
+    reason: Reason = "",
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove an alias (its history stays; deployer or admin)."""
+    result = _request("DELETE", api, f"/v1/models/{model}/aliases/{alias}", params={"reason": reason})
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{model}@{alias} deleted (it pointed to v{result['previous']})")
+
+
+@alias_app.command("history")
+def alias_history(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    alias: AliasName,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many of the latest moves.")] = 100,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every move of an alias, oldest first: for production, which version was live when."""
+    result = _request("GET", api, f"/v1/models/{model}/aliases/{alias}/history", params={"limit": limit})
+    if as_json:
+        _print_json(result)
+        return
+    for m in result:
+        typer.echo(_alias_move_line(m))
+
+
+# -- the audit log -------------------------------------------------------------------------------
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    return f"{e['id']:>7}  {_when(e['at'])}  {e['actor']:<20} {e['action']:<22} {e['target']}  {e['outcome']}"
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The ``data:`` of each server-sent event in ``lines`` (comments and other fields skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield json.loads("\n".join(data))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+
+
+def _refusal(response: httpx.Response) -> str:
+    """The API's error in one line: its message and code."""
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        error = {}
+    message = error.get("message") or response.reason_phrase
+    return f"{message} ({error.get('code', response.status_code)})"
+
+
+def _follow_events(api: str, after: int | None, count: int | None, as_json: bool) -> None:
+    """Print events from the live stream until ``count`` were printed (or for ever); reconnect on a drop."""
+    import time
+
+    headers = {"Accept": "text/event-stream"}
+    token = os.environ.get("CONTROLPLANE_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    printed = 0
+    timeout = httpx.Timeout(60.0, connect=5.0)  # the server sends a heartbeat every 15 s
+    while True:
+        params = {"after": str(after)} if after is not None else {}
+        try:
+            with (
+                httpx.Client(base_url=api, timeout=timeout) as client,
+                client.stream("GET", "/v1/events/stream", params=params, headers=headers) as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    fail(_refusal(response))
+                for event in _sse_events(response.iter_lines()):
+                    typer.echo(json.dumps(event, sort_keys=True) if as_json else _event_line(event))
+                    after = int(event["id"])
+                    printed += 1
+                    if count is not None and printed >= count:
+                        return
+        except httpx.HTTPError as exc:
+            if after is None and printed == 0 and isinstance(exc, httpx.ConnectError):
+                fail(f"cannot reach the control plane at {api}: {exc}", 2)
+            typer.echo(f"event stream interrupted ({exc}); reconnecting", err=True)
+        time.sleep(1.0)
+
+
+@app.command()
+def events(
+    after: Annotated[
+        int | None,
+        typer.Option(min=0, help="Events after this id (default: from the first; --follow: from now)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many events to list.")] = 100,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing events as they happen (Ctrl-C stops).")
+    ] = False,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="With --follow: stop after this many events.")
+    ] = None,
+    api: ApiUrl = DEFAULT_API,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+) -> None:
+    """Print the audit log: what was done, by whom, to what; --follow streams new events live."""
+    if follow:
+        with suppress(KeyboardInterrupt):
+            _follow_events(api, after, count, as_json)
+        return
+    result = _request("GET", api, "/v1/events", params={"after": after or 0, "limit": limit})
+    for e in result:
+        typer.echo(json.dumps(e, sort_keys=True) if as_json else _event_line(e))
+
+
+# -- GitOps: follow a folder (or git repository) of model folders ------------------------------
+
+
+def _watch_summary(results: list[Any]) -> tuple[str, int]:
+    """One line counting what a pass did, and the exit code of ``watch --once``."""
+    counts: dict[str, int] = {}
+    for result in results:
+        key = result.outcome.value if result.outcome is not None else "deferred"
+        counts[key] = counts.get(key, 0) + 1
+    shown = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing changed"
+    if counts.get("rejected") or counts.get("rollout_refused"):
+        return shown, 1
+    return shown, 2 if counts.get("deferred") else 0
+
+
+@app.command("watch")
+def watch(
+    path: Annotated[
+        Path, typer.Argument(help="A folder of model folders (PATH/<model>/config.pbtxt), or a git repo.")
+    ],
+    git: Annotated[
+        bool,
+        typer.Option(
+            "--git", help="Follow a branch's commits (automatic when PATH has .git); never the working copy."
+        ),
+    ] = False,
+    branch: Annotated[str | None, typer.Option(help="git: the branch to follow (default: HEAD's).")] = None,
+    interval: Annotated[float, typer.Option(min=0.1, max=86400, help="Seconds between two polls.")] = 10.0,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="One pass, then exit: 1 if a folder or rollout was refused, 2 if something must be retried.",
+        ),
+    ] = False,
+    max_file_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest file of a model folder; a folder with one larger is refused.")
+    ] = 4 * 1024**3,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+    ] = None,
+    api: ApiUrl = DEFAULT_API,
+) -> None:
+    """Follow PATH: push new or changed model folders as versions; roll them out as their rollout.yaml says.
+
+    A folder without rollout.yaml is only registered. Refused folders are logged once per content.
+    """
+    import contextlib
+    import threading
+
+    from controlplane.domain.gitops import WatchLimits
+    from controlplane.errors import ControlPlaneError
+    from controlplane.gitops.transports import HttpTransport
+    from controlplane.gitops.watcher import Watcher, open_source
+    from controlplane.logs import configure_logging
+
+    configure_logging("text", "INFO")
+    try:
+        source = open_source(path, git=git, branch=branch, limits=WatchLimits(max_file_bytes=max_file_bytes))
+    except ControlPlaneError as exc:
+        fail(f"{exc.message} ({exc.code})")
+    transport = HttpTransport(api, token=os.environ.get("CONTROLPLANE_TOKEN"))
+    try:
+        watcher = Watcher(source, transport)
+        if once:
+            shown, code = _watch_summary(watcher.poll())
+            typer.echo(f"{source.description}: {shown}")
+            raise typer.Exit(code)
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            from controlplane.metrics import REGISTRY
+
+            start_http_server(metrics_port, addr="127.0.0.1", registry=REGISTRY)
+        # Ctrl-C ends the loop between two polls or in the middle of one; nothing half-done is left behind.
+        with contextlib.suppress(KeyboardInterrupt):
+            watcher.run(threading.Event(), interval=interval)
+    finally:
+        transport.close()
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+
+webhook_app = typer.Typer(
+    help="Webhooks: audit events POSTed, signed, to a URL (admin tokens only).", no_args_is_help=True
+)
+app.add_typer(webhook_app, name="webhook")
+WebhookIdArg = Annotated[int, typer.Argument(help="Webhook id (`controlplane webhook list`).")]
+
+
+def _webhook_line(w: dict[str, Any]) -> str:
+    state = "enabled" if w["enabled"] else "DISABLED"
+    models = ",".join(w["models"]) if w["models"] is not None else "all models"
+    return (
+        f"{w['id']:>4}  {state:<8}  {','.join(w['events'])}  ({models})  {w['pending']} pending  {w['url']}"
+    )
+
+
+@webhook_app.command("add")
+def webhook_add(
+    url: Annotated[str, typer.Argument(help="http(s) URL the events are POSTed to.")],
+    event: Annotated[
+        list[str] | None,
+        typer.Option("--event", "-e", help="Action pattern: `push`, `rollout.*`, `*` (default); repeatable."),
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only events about this model; repeatable.")
+    ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(envvar="CONTROLPLANE_WEBHOOK_SECRET", help="Signing secret; generated when left out."),
+    ] = None,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Subscribe a URL; prints the signing secret, which is shown only this once."""
+    body: dict[str, Any] = {"url": url, "events": event or ["*"], "models": model or None}
+    if secret is not None:
+        body["secret"] = secret
+    result = _request("POST", api, "/v1/webhooks", json=body)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(_webhook_line(result))
+    typer.echo(f"secret {result['secret']}  (shown once: the receiver needs it to check signatures)")
+
+
+@webhook_app.command("list")
+def webhook_list(api: ApiUrl = DEFAULT_API, as_json: JsonFlag = False) -> None:
+    """Every subscription: state, filter, events waiting, URL."""
+    result = _request("GET", api, "/v1/webhooks")
+    if as_json:
+        _print_json(result)
+        return
+    if not result:
+        typer.echo("no webhooks")
+    for w in result:
+        typer.echo(_webhook_line(w))
+
+
+@webhook_app.command("show")
+def webhook_show(webhook_id: WebhookIdArg, api: ApiUrl = DEFAULT_API, as_json: JsonFlag = False) -> None:
+    """One subscription, with why it was disabled if it was."""
+    result = _request("GET", api, f"/v1/webhooks/{webhook_id}")
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(_webhook_line(result))
+    typer.echo(f"      created by {result['created_by']} at {result['created_at']}")
+    typer.echo(f"      consecutive failures: {result['consecutive_failures']}")
+    if result["disabled_reason"]:
+        typer.echo(f"      disabled: {result['disabled_reason']}")
+
+
+def _set_enabled(webhook_id: int, enabled: bool, api: str) -> None:
+    result = _request("PATCH", api, f"/v1/webhooks/{webhook_id}", json={"enabled": enabled})
+    typer.echo(_webhook_line(result))
+
+
+@webhook_app.command("enable")
+def webhook_enable(webhook_id: WebhookIdArg, api: ApiUrl = DEFAULT_API) -> None:
+    """Enable a subscription again: failures cleared, the waiting events sent at once."""
+    _set_enabled(webhook_id, True, api)
+
+
+@webhook_app.command("disable")
+def webhook_disable(webhook_id: WebhookIdArg, api: ApiUrl = DEFAULT_API) -> None:
+    """Stop deliveries to a subscription (events that match meanwhile are not queued)."""
+    _set_enabled(webhook_id, False, api)
+
+
+@webhook_app.command("remove")
+def webhook_remove(webhook_id: WebhookIdArg, api: ApiUrl = DEFAULT_API) -> None:
+    """Delete a subscription with its undelivered events and delivery log."""
+    _request("DELETE", api, f"/v1/webhooks/{webhook_id}")
+    typer.echo(f"webhook {webhook_id} removed")
+
+
+@webhook_app.command("deliveries")
+def webhook_deliveries(
+    webhook_id: WebhookIdArg,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 20,
+    before: Annotated[int | None, typer.Option(help="Only deliveries older than this delivery id.")] = None,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """The delivery log of a subscription, newest first: event, attempt, answer, time taken."""
+    params: dict[str, Any] = {"limit": limit}
+    if before is not None:
+        params["before"] = before
+    result = _request("GET", api, f"/v1/webhooks/{webhook_id}/deliveries", params=params)
+    if as_json:
+        _print_json(result)
+        return
+    if not result:
+        typer.echo("no deliveries")
+    for d in result:
+        status = d["status_code"] if d["status_code"] is not None else "-"
+        error = f"  {d['error']}" if d["error"] else ""
+        typer.echo(
+            f"{d['id']:>6}  {d['at']}  event {d['event_id']} attempt {d['attempt']}  {d['outcome']:<9} "
+            f"{status}  {d['duration_ms']} ms{error}"
+        )
 
 
 def main() -> None:

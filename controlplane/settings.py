@@ -152,6 +152,48 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Least severe level logged; routine library lines are DEBUG."
     )
+    watch_path: Path | None = Field(
+        default=None,
+        description="A folder (or git repository) of model folders that `up` follows: a new or changed "
+        "folder becomes a version, rolled out when it holds rollout.yaml; unset: nothing is watched.",
+    )
+    watch_git: bool = Field(
+        default=False,
+        description="Follow watch_path's committed content on a branch (also when it has .git), never "
+        "its working copy.",
+    )
+    watch_branch: str = Field(
+        default="", description="git: the branch followed; empty: the one HEAD names when `up` starts."
+    )
+    watch_interval_seconds: float = Field(
+        default=10.0, gt=0, le=86400, description="How often watch_path is polled for changes."
+    )
+    webhook_allowed_networks: str = Field(
+        default="",
+        description="Comma-separated CIDRs, addresses or host names webhooks may reach although they are "
+        "loopback, private, link-local or otherwise internal (refused by default).",
+    )
+    webhook_max_failures: int = Field(
+        default=5, ge=1, description="Consecutive failed deliveries that disable a webhook subscription."
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=1.0, gt=0, description="Wait after a webhook's first failed delivery; doubles with each."
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between two attempts of a webhook delivery."
+    )
+    webhook_lease_seconds: float = Field(
+        default=30.0,
+        ge=7.0,
+        description="How long a worker's claim on a subscription lasts (a killed control plane's "
+        "deliveries resume after it); longer than one attempt (5 s).",
+    )
+    webhook_poll_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="How often the webhook worker looks for due events."
+    )
+    webhook_workers: int = Field(
+        default=4, ge=1, le=64, description="Webhook subscriptions delivered at the same time."
+    )
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
@@ -164,6 +206,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("watch_path")
+    @classmethod
+    def _absolute_watch_path(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @property
     def effective_database_url(self) -> str:

@@ -15,6 +15,7 @@ from controlplane.api.auth import Authenticator
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.guard import ApiLimits, RequestGuard
 from controlplane.api.rollouts import rollouts_router
+from controlplane.api.routes_aliases import aliases_router
 from controlplane.api.routes_deploys import deploys_router
 from controlplane.api.routes_events import events_router
 from controlplane.api.routes_golden import golden_router
@@ -22,14 +23,17 @@ from controlplane.api.routes_health import ReadinessCheck, health_router
 from controlplane.api.routes_models import models_router
 from controlplane.api.routes_pools import pools_router
 from controlplane.api.routes_signatures import signatures_router
+from controlplane.api.routes_webhooks import webhooks_router
 from controlplane.registry.db import Database
 from controlplane.rollout.engine import RolloutEngine
+from controlplane.services.aliases import Aliases
 from controlplane.services.deploys import Deployer
 from controlplane.services.golden import GoldenSets
 from controlplane.services.health import Health
 from controlplane.services.recycle import PoolRecycler
 from controlplane.services.registry import Registry
 from controlplane.services.signing import Signing
+from controlplane.services.webhooks import Webhooks
 
 # Routes that stream their own (larger) bodies; every other body is JSON under ApiLimits.max_json_bytes.
 UPLOAD_ROUTES = (
@@ -43,7 +47,7 @@ UPLOAD_ROUTES = (
 class ApiServices:
     """What the routes call. Without the engine, deployer, recycler or golden sets the API lacks those routes.
 
-    ``golden`` is optional like them: its routes exist only where it is given.
+    ``golden`` and ``aliases`` are optional like them: their routes exist only where they are given.
     """
 
     db: Database
@@ -54,6 +58,8 @@ class ApiServices:
     deployer: Deployer | None = None
     recycler: PoolRecycler | None = None
     golden: GoldenSets | None = None
+    aliases: Aliases | None = None
+    webhooks: Webhooks | None = None
 
 
 def create_app(
@@ -82,7 +88,7 @@ def create_app(
     app.add_middleware(RequestGuard, auth=auth, limits=lambda: app.state.limits, upload_routes=UPLOAD_ROUTES)
     # Inclusion order is the order of the OpenAPI paths.
     if services.engine is not None:
-        app.include_router(rollouts_router(services.engine, auth))
+        app.include_router(rollouts_router(services.engine, auth, services.aliases))
     app.include_router(models_router(services.registry, auth, max_upload_bytes=max_upload_bytes))
     if services.deployer is not None:
         app.include_router(deploys_router(services.deployer, auth))
@@ -91,7 +97,11 @@ def create_app(
     app.include_router(signatures_router(services.signing, auth))
     if services.golden is not None:
         app.include_router(golden_router(services.golden, auth))
+    if services.aliases is not None:
+        app.include_router(aliases_router(services.aliases, auth))
     app.include_router(events_router(services.registry, auth))
+    if services.webhooks is not None:
+        app.include_router(webhooks_router(services.webhooks, auth))
     app.include_router(
         health_router(
             services.health,

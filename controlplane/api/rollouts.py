@@ -1,11 +1,11 @@
-"""REST endpoints for rollouts and model rollback."""
+"""REST endpoints for rollouts, their approval, and model rollback."""
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controlplane.api.auth import Authenticator
 from controlplane.domain.analysis import (
@@ -17,11 +17,12 @@ from controlplane.domain.analysis import (
     Gates,
 )
 from controlplane.domain.auth import Permission
-from controlplane.domain.limits import MAX_ID
+from controlplane.domain.limits import MAX_ID, has_control_characters
 from controlplane.domain.models import validate_model_name
 from controlplane.domain.rollouts import RequestedAction, Rollout, Strategy, make_spec
 from controlplane.errors import ControlPlaneError
 from controlplane.rollout.engine import RolloutEngine
+from controlplane.services.aliases import Aliases
 
 
 class GatesIn(BaseModel):
@@ -69,7 +70,9 @@ class RolloutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(max_length=256)
-    version: int = Field(ge=1, le=MAX_ID)
+    version: Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(min_length=1, max_length=65)] = (
+        Field(description="a version number, or an alias of the model (challenger, ...) resolved at start")
+    )
     strategy: Literal["bluegreen", "canary", "inplace"] = "canary"
     steps: list[Annotated[int, Field(ge=0, le=100)]] | None = Field(
         default=None, max_length=100, description="percent of traffic per step, ending at 100"
@@ -115,8 +118,28 @@ class RolloutOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    approved_by: str | None = Field(
+        default=None, description="who approved it (models that require approval)"
+    )
+    decided_at: datetime | None = Field(default=None, description="when it was approved, rejected or expired")
+    approval_expires_at: datetime | None = Field(
+        default=None, description="until when it may be approved (null: its model required no approval)"
+    )
     live_weights: dict[str, int] | None = None
     events: list[RolloutEventOut]
+
+
+class RejectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000, description="why the request is refused (audited)")
+
+    @field_validator("reason")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if has_control_characters(value):
+            raise ValueError("the reason may not hold control characters")
+        return value
 
 
 def rollout_out(r: Rollout, live_weights: dict[str, int] | None = None) -> RolloutOut:
@@ -142,6 +165,9 @@ def rollout_out(r: Rollout, live_weights: dict[str, int] | None = None) -> Rollo
         created_at=r.created_at,
         updated_at=r.updated_at,
         finished_at=r.finished_at,
+        approved_by=r.approved_by,
+        decided_at=r.decided_at,
+        approval_expires_at=r.approval_expires_at,
         live_weights=live_weights,
         events=[
             RolloutEventOut(
@@ -158,11 +184,12 @@ def rollout_out(r: Rollout, live_weights: dict[str, int] | None = None) -> Rollo
     )
 
 
-def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
+def rollouts_router(engine: RolloutEngine, auth: Authenticator, aliases: Aliases | None = None) -> APIRouter:
     """Routes under /v1/rollouts and /v1/models/{model}/rollback."""
     router = APIRouter(tags=["rollouts"])
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
     Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
+    Approver = Annotated[str, Depends(auth.require(Permission.APPROVE))]
     RolloutId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
     def live_weights() -> dict[str, int] | None:
@@ -177,11 +204,17 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
 
     @router.post("/v1/rollouts", response_model=RolloutOut, status_code=202)
     def create(body: RolloutIn, actor: Deployer) -> JSONResponse:
-        """Start moving traffic to a version; 409 while another rollout runs on the pools."""
+        """Start moving traffic to a version; 409 while another rollout runs on the pools.
+
+        For a model that requires approval the rollout is recorded in state
+        pending_approval (holding no pool) until another principal approves it.
+        """
         validate_model_name(body.model)
+        resolver = aliases or Aliases(db=engine.db)
+        version, alias = resolver.version_of(body.model, body.version)
         spec = make_spec(
             model=body.model,
-            version=body.version,
+            version=version,
             strategy=Strategy(body.strategy),
             steps=body.steps,
             step_seconds=body.step_seconds,
@@ -189,6 +222,8 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
             gates=Gates(**body.gates.model_dump(), allow_breaking=body.allow_breaking),
         )
         rollout = engine.start(spec, actor=actor)
+        if alias is not None:
+            resolver.note_rollout(rollout.id, model=body.model, alias=alias, version=version, actor=actor)
         return accepted(rollout)
 
     @router.get("/v1/rollouts", response_model=list[RolloutOut])
@@ -203,7 +238,7 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
 
     @router.post("/v1/rollouts/{rollout_id}/abort", response_model=RolloutOut, status_code=202)
     def abort(rollout_id: RolloutId, actor: Deployer) -> JSONResponse:
-        """Roll back: traffic returns to the source pool."""
+        """Roll back: traffic returns to the source pool (a request waiting for approval is withdrawn)."""
         rollout = engine.request(rollout_id, RequestedAction.ABORT, actor=actor)
         return accepted(rollout)
 
@@ -213,9 +248,37 @@ def rollouts_router(engine: RolloutEngine, auth: Authenticator) -> APIRouter:
         rollout = engine.request(rollout_id, RequestedAction.PROMOTE, actor=actor)
         return accepted(rollout)
 
+    @router.post(
+        "/v1/rollouts/{rollout_id}/approve",
+        response_model=RolloutOut,
+        status_code=202,
+        responses={
+            403: {"description": "the caller requested this rollout (self_approval) or may not approve"},
+            409: {
+                "description": "not waiting for approval (not_pending_approval, approval_expired), or "
+                "another operation holds a pool (pool_busy: it still waits and may be approved later)"
+            },
+        },
+    )
+    def approve(rollout_id: RolloutId, actor: Approver) -> JSONResponse:
+        """Approve a rollout waiting for approval: it takes its pools and runs."""
+        return accepted(engine.approve(rollout_id, actor=actor))
+
+    @router.post(
+        "/v1/rollouts/{rollout_id}/reject",
+        response_model=RolloutOut,
+        responses={409: {"description": "not waiting for approval (not_pending_approval, approval_expired)"}},
+    )
+    def reject(rollout_id: RolloutId, body: RejectIn, actor: Approver) -> RolloutOut:
+        """Refuse a rollout waiting for approval; it ends as rejected, with the reason."""
+        return rollout_out(engine.reject(rollout_id, actor=actor, reason=body.reason))
+
     @router.post("/v1/models/{model}/rollback", response_model=RolloutOut, status_code=202)
     def rollback(model: Annotated[str, Path(max_length=256)], actor: Deployer) -> JSONResponse:
-        """Return ``model`` to its previous production version (a weight flip while the old pool is warm)."""
+        """Return ``model`` to its previous production version (a weight flip while the old pool is warm).
+
+        Never waits for approval, even for a model that requires it: it restores what served.
+        """
         validate_model_name(model)
         rollout = engine.rollback_model(model, actor=actor)
         return accepted(rollout)

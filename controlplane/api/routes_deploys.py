@@ -25,7 +25,8 @@ def deploys_router(deployer: Deployer, auth: Authenticator) -> APIRouter:
             202: {
                 "model": schemas.DeployPendingOut,
                 "description": "Not done in the time a request waits (an outage is being waited "
-                "out); it goes on as the rollout named, which Location points to.",
+                "out), or the model requires approval (state pending_approval, answered at once); "
+                "it goes on as the rollout named, which Location points to.",
             },
             409: {
                 "description": "Another operation holds the pool (the body names it), or the version "

@@ -1,20 +1,48 @@
-"""Audit log endpoint."""
+"""Audit log endpoints: a page of events after an id, and the live stream of them."""
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 
 from controlplane.api import schemas
-from controlplane.api.auth import Authenticator
-from controlplane.domain.auth import Permission
+from controlplane.api.auth import Authenticator, Caller, caller_of
+from controlplane.api.errors import error_body
+from controlplane.api.event_stream import (
+    MEDIA_TYPE,
+    EventStreamResponse,
+    StreamSettings,
+    StreamSlots,
+    event_messages,
+)
+from controlplane.domain.auth import Permission, allows
+from controlplane.domain.event_cursor import EventCursor
 from controlplane.domain.limits import MAX_ID
+from controlplane.errors import DatabaseUnavailable, InvalidInput
+from controlplane.registry import event_feed
 from controlplane.services.registry import Registry
 
 
+def _last_event_id(header: str | None) -> int | None:
+    """The id a reconnecting client last saw; InvalidInput unless it is one of ours."""
+    if header is None or not header.strip():
+        return None
+    value = header.strip()
+    if not value.isdigit() or int(value) > MAX_ID:
+        raise InvalidInput(
+            f"Last-Event-ID must be an event id (0..{MAX_ID}), got {value[:40]!r}",
+            code="invalid_last_event_id",
+        )
+    return int(value)
+
+
 def events_router(registry: Registry, auth: Authenticator) -> APIRouter:
-    """GET /v1/events: audit events after an id, oldest first."""
+    """GET /v1/events (a page after an id) and GET /v1/events/stream (server-sent events)."""
     router = APIRouter(tags=["audit"])
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
+    slots = StreamSlots()
 
     @router.get("/v1/events", response_model=list[schemas.EventOut])
     def events(
@@ -23,5 +51,80 @@ def events_router(registry: Registry, auth: Authenticator) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[schemas.EventOut]:
         return [schemas.event_out(e) for e in registry.events(after_id=after, limit=limit)]
+
+    def latest_id() -> int:
+        with registry.db.transaction() as session:
+            return event_feed.latest_event_id(session)
+
+    def token_check(request: Request) -> Callable[[], bool] | None:
+        """Whether the token the stream was opened with still allows reads (None: nothing to recheck)."""
+        caller = caller_of(request.scope)
+        authorization = request.headers.get("authorization")
+        if (
+            not auth.required
+            or authorization is None
+            or not isinstance(caller, Caller)
+            or caller.role is None
+        ):
+            return None
+
+        def still_allowed() -> bool:
+            try:
+                found = auth.lookup(authorization)
+            except DatabaseUnavailable:
+                return True  # not known to be revoked: asked again at the next check
+            return (
+                isinstance(found, Caller) and found.role is not None and allows(found.role, Permission.READ)
+            )
+
+        return still_allowed
+
+    @router.get(
+        "/v1/events/stream",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
+                "description": "Server-sent events: `id:` the event id, `event:` its action, `data:` the "
+                "event as in GET /v1/events; a `: heartbeat` comment when idle. Without Last-Event-ID "
+                "or `after`, the stream starts at the newest event.",
+            },
+            503: {"description": "Too many streams are open (too_many_streams); retry later."},
+        },
+    )
+    async def stream(
+        request: Request,
+        _actor: Reader,
+        after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="resume after this event id")] = None,
+        last_event_id: Annotated[
+            str | None, Header(alias="Last-Event-ID", description="set by a reconnecting EventSource")
+        ] = None,
+    ) -> Response:
+        """Follow the audit log live: each new event as it is committed, resumable by event id."""
+        settings: StreamSettings = getattr(request.app.state, "event_stream", None) or StreamSettings()
+        resume = _last_event_id(last_event_id)
+        start = resume if resume is not None else after
+        if not slots.take(settings.max_streams):
+            return JSONResponse(
+                error_body(
+                    "too_many_streams",
+                    f"{settings.max_streams} event streams are open, the most this server keeps; retry later",
+                ),
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        try:
+            if start is None:
+                start = await run_in_threadpool(latest_id)
+            messages = event_messages(
+                lambda after_id, limit: registry.events(after_id=after_id, limit=limit),
+                EventCursor(start, gap_grace=settings.gap_grace_seconds),
+                settings,
+                still_allowed=token_check(request),
+            )
+        except BaseException:
+            slots.give_back()
+            raise
+        return EventStreamResponse(messages, on_close=slots.give_back)
 
     return router

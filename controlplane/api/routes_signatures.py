@@ -63,7 +63,7 @@ def signatures_router(signing: Signing, auth: Authenticator) -> APIRouter:
 
     @router.put("/v1/models/{model}/policy", response_model=schemas.PolicyOut)
     def set_policy(model: ModelParam, body: schemas.PolicyIn, actor: Admin) -> schemas.PolicyOut:
-        """Set the model's policy (signatures, code backends); null fields follow the global policy."""
+        """Set the model's policy (signatures, code backends, approval); null fields follow the global one."""
         signing.set_policy(
             model,
             ModelPolicy(
@@ -71,6 +71,8 @@ def signatures_router(signing: Signing, auth: Authenticator) -> APIRouter:
                 allowed_signers=tuple(body.allowed_signers) if body.allowed_signers is not None else None,
                 allow_code_backends=body.allow_code_backends,
                 code_backends_require_signature=body.code_backends_require_signature,
+                require_approval=body.require_approval,
+                approval_timeout_seconds=body.approval_timeout_seconds,
             ),
             actor=actor,
         )

@@ -9,7 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from controlplane.domain import models as d
 from controlplane.domain.limits import MAX_LIST_ITEMS, has_control_characters
-from controlplane.domain.policy import ModelPolicy, SignaturePolicy, SignatureRecord
+from controlplane.domain.policy import (
+    DEFAULT_APPROVAL_TIMEOUT_SECONDS,
+    MAX_APPROVAL_TIMEOUT_SECONDS,
+    MIN_APPROVAL_TIMEOUT_SECONDS,
+    ModelPolicy,
+    SignaturePolicy,
+    SignatureRecord,
+)
 from controlplane.services.recycle import PoolStatus, RecycleOutcome
 
 
@@ -168,6 +175,16 @@ class PolicyIn(BaseModel):
     code_backends_require_signature: bool | None = Field(
         default=None, description="Such versions need a verified signature to be deployed (default true)."
     )
+    require_approval: bool = Field(
+        default=False,
+        description="Rollouts and deploys wait in pending_approval until another principal approves them.",
+    )
+    approval_timeout_seconds: int = Field(
+        default=DEFAULT_APPROVAL_TIMEOUT_SECONDS,
+        ge=MIN_APPROVAL_TIMEOUT_SECONDS,
+        le=MAX_APPROVAL_TIMEOUT_SECONDS,
+        description="How long a request may wait for approval before it expires.",
+    )
 
     @field_validator("allowed_signers")
     @classmethod
@@ -183,6 +200,8 @@ class PolicyOut(BaseModel):
     allowed_signers: list[str] | None
     allow_code_backends: bool | None = None
     code_backends_require_signature: bool | None = None
+    require_approval: bool = False
+    approval_timeout_seconds: int = DEFAULT_APPROVAL_TIMEOUT_SECONDS
     effective: dict[str, Any]
 
 
@@ -196,16 +215,22 @@ def signing_out(record: SignatureRecord) -> SigningOut:
 
 
 def policy_out(own: ModelPolicy | None, effective: SignaturePolicy) -> PolicyOut:
+    # Approval has no global setting: a model without a policy requires none.
+    approval = own or ModelPolicy()
     return PolicyOut(
         require_signature=own.require_signature if own else None,
         allowed_signers=list(own.allowed_signers) if own and own.allowed_signers is not None else None,
         allow_code_backends=own.allow_code_backends if own else None,
         code_backends_require_signature=own.code_backends_require_signature if own else None,
+        require_approval=approval.require_approval,
+        approval_timeout_seconds=approval.approval_timeout_seconds,
         effective={
             "require_signature": effective.require_signature,
             "allowed_signers": list(effective.allowed_signers),
             "allow_code_backends": effective.allow_code_backends,
             "code_backends_require_signature": effective.code_backends_require_signature,
+            "require_approval": approval.require_approval,
+            "approval_timeout_seconds": approval.approval_timeout_seconds,
         },
     )
 

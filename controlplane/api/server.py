@@ -54,6 +54,17 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_head_timer()
         super().on_response_complete()
 
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            # A response that streams until its client leaves (the live event stream) would hold uvicorn's
+            # graceful shutdown open for ever: its connection is closed instead (the client resumes from its
+            # Last-Event-ID), and cut if the client does not take what is still buffered within a second.
+            self.transport.close()
+            self.loop.call_later(1.0, self.transport.abort)
+            return
+        super().shutdown()
+
     def send_400_response(self, msg: str) -> None:
         limit = self.config.h11_max_incomplete_event_size or 0
         too_long = limit > 0 and len(self.conn.trailing_data[0]) > limit

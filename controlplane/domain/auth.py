@@ -1,8 +1,10 @@
 """API tokens and roles: what each role may do. Pure rules, no I/O.
 
 Roles: viewer reads; publisher reads and pushes versions; deployer reads and
-changes what serves (deploys, rollouts, rollbacks); admin does everything,
-including managing tokens. A token is shown once at creation; only its
+changes what serves (deploys, rollouts, rollbacks); approver reads and
+approves or rejects the rollouts of models that require approval; admin does
+everything, including managing tokens (no one approves their own request:
+see :mod:`controlplane.domain.approvals`). A token is shown once at creation; only its
 SHA-256 is stored (tokens are 256 random bits, so a fast hash is enough).
 """
 
@@ -20,6 +22,7 @@ class Role(enum.StrEnum):
     VIEWER = "viewer"
     PUBLISHER = "publisher"
     DEPLOYER = "deployer"
+    APPROVER = "approver"
     ADMIN = "admin"
 
 
@@ -27,6 +30,7 @@ class Permission(enum.StrEnum):
     READ = "read"
     PUSH = "push"
     DEPLOY = "deploy"
+    APPROVE = "approve"
     ADMIN = "admin"
 
 
@@ -34,6 +38,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.READ}),
     Role.PUBLISHER: frozenset({Permission.READ, Permission.PUSH}),
     Role.DEPLOYER: frozenset({Permission.READ, Permission.DEPLOY}),
+    Role.APPROVER: frozenset({Permission.READ, Permission.APPROVE}),
     Role.ADMIN: frozenset(Permission),
 }
 

@@ -10,6 +10,10 @@ the policy says otherwise, a verified signature to be deployed. Signer names are
 operator can pin: ``key:<sha256 of the public key DER>``,
 ``cert:sha256:<leaf fingerprint>``, ``san:<certificate SAN>``,
 ``oidc:<identity>|<issuer>``.
+
+A model's policy may also require approval of its rollouts
+(``require_approval``, within ``approval_timeout_seconds``); see
+:mod:`controlplane.domain.approvals`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ DEFAULT_ALLOWED_BACKENDS = (
 _T = TypeVar("_T")
 _PREFIXES = ("key:", "cert:sha256:", "san:", "oidc:")
 
+DEFAULT_APPROVAL_TIMEOUT_SECONDS = 86_400
+MIN_APPROVAL_TIMEOUT_SECONDS = 60
+MAX_APPROVAL_TIMEOUT_SECONDS = 30 * 86_400
+
 
 @dataclass(frozen=True)
 class SignaturePolicy:
@@ -61,12 +69,30 @@ class SignaturePolicy:
 
 @dataclass(frozen=True)
 class ModelPolicy:
-    """What a model sets; None means "as the global policy says"."""
+    """What a model sets; None means "as the global policy says".
+
+    Approval has no global setting: a model requires it or not, and a
+    request waits for it at most ``approval_timeout_seconds``.
+    """
 
     require_signature: bool | None = None
     allowed_signers: tuple[str, ...] | None = None
     allow_code_backends: bool | None = None
     code_backends_require_signature: bool | None = None
+    require_approval: bool = False
+    approval_timeout_seconds: int = DEFAULT_APPROVAL_TIMEOUT_SECONDS
+
+    def validate(self) -> ModelPolicy:
+        """Return self, or raise InvalidInput naming the setting out of bounds."""
+        SignaturePolicy(allowed_signers=self.allowed_signers or ()).validate()
+        if not MIN_APPROVAL_TIMEOUT_SECONDS <= self.approval_timeout_seconds <= MAX_APPROVAL_TIMEOUT_SECONDS:
+            raise InvalidInput(
+                f"approval_timeout_seconds must be within {MIN_APPROVAL_TIMEOUT_SECONDS}.."
+                f"{MAX_APPROVAL_TIMEOUT_SECONDS} (30 days), got {self.approval_timeout_seconds}",
+                code="invalid_policy",
+                details={"field": "approval_timeout_seconds"},
+            )
+        return self
 
 
 def _pick(own: _T | None, default: _T) -> _T:

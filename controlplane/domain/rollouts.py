@@ -2,6 +2,8 @@
 
 States and what holds in each (``weights`` are the proxy weights of the two pools)::
 
+    pending_approval  requested for a model that requires approval; it holds no pool
+                      and has no worker until another principal approves it
     pending       accepted; nothing changed yet
     staging       the target pool is being built, loaded and smoke-tested; it has weight 0
     shifting      weights move step by step (step_index); the analysis runs between steps
@@ -10,6 +12,8 @@ States and what holds in each (``weights`` are the proxy weights of the two pool
     rolling_back  weights go back to the source pool, then the target is cleaned up
     rolled_back   the source pool serves again as before
     failed        the target could not be staged; traffic never moved
+    rejected      an approver refused the request (or its requester withdrew it)
+    expired       nobody approved the request before its deadline
 
 Every change of state goes through :func:`decide`, which checks a proposed
 transition against the rules and says why it refuses. The caller (one
@@ -37,6 +41,7 @@ class Strategy(enum.StrEnum):
 
 
 class RolloutState(enum.StrEnum):
+    PENDING_APPROVAL = "pending_approval"
     PENDING = "pending"
     STAGING = "staging"
     SHIFTING = "shifting"
@@ -45,10 +50,17 @@ class RolloutState(enum.StrEnum):
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
+
+    @property
+    def running(self) -> bool:
+        """Whether a rollout in this state holds its pools and has (or needs) a worker."""
+        return not self.terminal and self is not RolloutState.PENDING_APPROVAL
 
 
 class RequestedAction(enum.StrEnum):
@@ -58,9 +70,20 @@ class RequestedAction(enum.StrEnum):
     PROMOTE = "promote"
 
 
-TERMINAL = frozenset({RolloutState.SUCCEEDED, RolloutState.ROLLED_BACK, RolloutState.FAILED})
+TERMINAL = frozenset(
+    {
+        RolloutState.SUCCEEDED,
+        RolloutState.ROLLED_BACK,
+        RolloutState.FAILED,
+        RolloutState.REJECTED,
+        RolloutState.EXPIRED,
+    }
+)
 
 ALLOWED: Mapping[RolloutState, frozenset[RolloutState]] = {
+    RolloutState.PENDING_APPROVAL: frozenset(
+        {RolloutState.PENDING, RolloutState.REJECTED, RolloutState.EXPIRED}
+    ),
     RolloutState.PENDING: frozenset({RolloutState.STAGING, RolloutState.ROLLED_BACK, RolloutState.FAILED}),
     RolloutState.STAGING: frozenset({RolloutState.SHIFTING, RolloutState.ROLLING_BACK, RolloutState.FAILED}),
     RolloutState.SHIFTING: frozenset({RolloutState.SHIFTING, RolloutState.BAKING, RolloutState.ROLLING_BACK}),
@@ -69,6 +92,8 @@ ALLOWED: Mapping[RolloutState, frozenset[RolloutState]] = {
     RolloutState.SUCCEEDED: frozenset(),
     RolloutState.ROLLED_BACK: frozenset(),
     RolloutState.FAILED: frozenset(),
+    RolloutState.REJECTED: frozenset(),
+    RolloutState.EXPIRED: frozenset(),
 }
 
 DEFAULT_STEPS: Mapping[Strategy, tuple[int, ...]] = {
@@ -187,10 +212,21 @@ class Rollout:
     updated_at: datetime
     finished_at: datetime | None
     events: tuple[RolloutEvent, ...] = field(default=())
+    approved_by: str | None = None
+    decided_at: datetime | None = None
+    """When an approver approved or rejected it, or it expired (None: not decided, or never asked)."""
+    approval_expires_at: datetime | None = None
+    """Until when it may be approved (None: its model did not require approval)."""
 
     @property
     def active(self) -> bool:
+        """Not ended: running, or waiting for approval."""
         return not self.state.terminal
+
+    @property
+    def running(self) -> bool:
+        """Holds its pools and has (or needs) a worker: active and not waiting for approval."""
+        return self.state.running
 
     def target_percent(self) -> int:
         """The share of traffic the target pool should have in the current state."""

@@ -7,12 +7,16 @@ state, a rollout event and an audit event together, or nothing.
 
 A rollout holds the claims of its pools (both of them; an inplace rollout its
 one) from the transaction that creates it to the transition that ends it:
-``create_rollout`` takes them, a terminal ``transition`` releases them.
+``create_rollout`` takes them, a terminal ``transition`` releases them. A
+rollout of a model that requires approval is created in ``pending_approval``
+without claims; ``approve_rollout`` takes them when it is approved, and
+``reject_rollout`` / ``expire_rollout`` end it without ever having held any.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -148,6 +152,9 @@ def _entity(row: RolloutRow, model: str, version: int, from_version: int | None)
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
         finished_at=as_utc(row.finished_at) if row.finished_at else None,
+        approved_by=row.approved_by,
+        decided_at=as_utc(row.decided_at) if row.decided_at else None,
+        approval_expires_at=as_utc(row.approval_expires_at) if row.approval_expires_at else None,
         events=tuple(
             RolloutEvent(
                 at=as_utc(e.at),
@@ -207,19 +214,29 @@ def create_rollout(
     from_version: int | None,
     actor: str,
     lease: Lease | None = None,
+    approval_expires_at: datetime | None = None,
+    requested_pool: str | None = None,
 ) -> Rollout:
-    """Insert a pending rollout holding the claims of its pools; PoolBusy names the holder in the way."""
+    """Insert a pending rollout holding the claims of its pools; PoolBusy names the holder in the way.
+
+    With ``approval_expires_at`` the rollout waits in ``pending_approval``
+    until then instead, holding no claim (audited as ``rollout.requested``).
+    ``requested_pool`` (a deploy that named its pool) is kept in the first
+    event, so an approval much later chooses the pools again the same way.
+    """
     pair = pool_pair(source_pool, target_pool)
     model_row = get_model_row(session, spec.model, lock=True)
     version_row = get_version_row(session, model_row, spec.version)
     from_row = get_version_row(session, model_row, from_version) if from_version is not None else None
     now = utcnow()
+    waits = approval_expires_at is not None
+    state = RolloutState.PENDING_APPROVAL if waits else RolloutState.PENDING
     row = RolloutRow(
         model_id=model_row.id,
         version_id=version_row.id,
         from_version_id=from_row.id if from_row else None,
         strategy=spec.strategy.value,
-        state=RolloutState.PENDING.value,
+        state=state.value,
         active=True,
         pool_pair=pair,
         source_pool=source_pool,
@@ -234,19 +251,36 @@ def create_rollout(
         actor=actor,
         created_at=now,
         updated_at=now,
+        approval_expires_at=approval_expires_at,
         events=[
             RolloutEventRow(
                 at=now,
                 from_state=None,
-                to_state=RolloutState.PENDING.value,
+                to_state=state.value,
                 weights={},
-                reason="requested",
-                measurements={},
+                reason="requested; waits for approval" if waits else "requested",
+                measurements={"pool": requested_pool} if requested_pool else {},
             )
         ],
     )
     session.add(row)
     session.flush()
+    details = {
+        "rollout": row.id,
+        "strategy": spec.strategy.value,
+        "source": source_pool,
+        "target": target_pool,
+    }
+    if approval_expires_at is not None:
+        store.append_event(
+            session,
+            actor=actor,
+            action="rollout.requested",
+            target=f"{spec.model}/{spec.version}",
+            outcome=state.value,
+            details={**details, "approval_expires_at": approval_expires_at.isoformat()},
+        )
+        return _to_entity(session, row)
     claim_store.take(
         session,
         (source_pool, target_pool),
@@ -260,14 +294,162 @@ def create_rollout(
         action="rollout.create",
         target=f"{spec.model}/{spec.version}",
         outcome="pending",
-        details={
-            "rollout": row.id,
-            "strategy": spec.strategy.value,
-            "source": source_pool,
-            "target": target_pool,
-        },
+        details=details,
     )
     return _to_entity(session, row)
+
+
+def _record_decision(
+    session: Session,
+    row: RolloutRow,
+    current: Rollout,
+    to: RolloutState,
+    *,
+    actor: str,
+    reason: str,
+    action: str,
+    now: datetime,
+    details: Mapping[str, Any] | None = None,
+) -> Rollout:
+    """Move a rollout waiting for approval to ``to``, with its event and audit event ``action``."""
+    decision = decide(current, to)
+    if not decision.accepted:
+        raise Conflict(f"rollout {current.id}: {decision.reason}", code="invalid_transition")
+    row.events.append(
+        RolloutEventRow(
+            at=now,
+            from_state=current.state.value,
+            to_state=to.value,
+            step_index=None,
+            weights={},
+            reason=reason,
+            measurements={},
+        )
+    )
+    row.state = to.value
+    row.reason = reason
+    row.updated_at = now
+    row.decided_at = now
+    if to.terminal:
+        row.active = False
+        row.finished_at = now
+        row.requested_action = None
+    session.flush()
+    store.append_event(
+        session,
+        actor=actor,
+        action=action,
+        target=f"{current.spec.model}/{current.spec.version}",
+        outcome=to.value,
+        details={"rollout": current.id, "requested_by": current.actor, "reason": reason, **(details or {})},
+    )
+    return _to_entity(session, row)
+
+
+def _waiting(session: Session, rollout_id: int) -> tuple[RolloutRow, Rollout]:
+    """The locked row of a rollout; Conflict unless it waits for approval."""
+    row, current = _load(session, rollout_id, lock=True)
+    if current.state is not RolloutState.PENDING_APPROVAL:
+        raise Conflict(
+            f"rollout {rollout_id} is {current.state}, not waiting for approval",
+            code="not_pending_approval",
+            details={"rollout": rollout_id, "state": current.state.value},
+        )
+    return row, current
+
+
+def approve_rollout(
+    session: Session,
+    rollout_id: int,
+    *,
+    actor: str,
+    source_pool: str,
+    target_pool: str,
+    from_version: int | None,
+    lease: Lease,
+    now: datetime | None = None,
+) -> Rollout:
+    """Take the claims of the rollout's pools (chosen now) and move it to pending; audited as approved.
+
+    PoolBusy names the holder in the way, and then nothing changes: the
+    rollout still waits and may be approved again. Conflict
+    ``approval_expired`` once its deadline has passed (``expire_rollout`` ends it).
+    """
+    row, current = _waiting(session, rollout_id)
+    now = now or utcnow()
+    if current.approval_expires_at is not None and now >= current.approval_expires_at:
+        raise Conflict(
+            f"rollout {rollout_id} was not approved before its deadline, "
+            f"{current.approval_expires_at:%Y-%m-%d %H:%M:%S} UTC",
+            code="approval_expired",
+            details={"rollout": rollout_id, "state": current.state.value},
+        )
+    model_row = get_model_row(session, current.spec.model)
+    from_row = get_version_row(session, model_row, from_version) if from_version is not None else None
+    row.source_pool = source_pool
+    row.target_pool = target_pool
+    row.pool_pair = pool_pair(source_pool, target_pool)
+    row.from_version_id = from_row.id if from_row else None
+    row.approved_by = actor
+    claim_store.take(session, (source_pool, target_pool), holder=rollout_holder(rollout_id), lease=lease)
+    return _record_decision(
+        session,
+        row,
+        current,
+        RolloutState.PENDING,
+        actor=actor,
+        reason=f"approved by {actor}",
+        action="rollout.approved",
+        now=now,
+        details={"source": source_pool, "target": target_pool},
+    )
+
+
+def reject_rollout(session: Session, rollout_id: int, *, actor: str, reason: str) -> Rollout:
+    """End a rollout waiting for approval as rejected, saying who and why; audited as rejected."""
+    row, current = _waiting(session, rollout_id)
+    return _record_decision(
+        session,
+        row,
+        current,
+        RolloutState.REJECTED,
+        actor=actor,
+        reason=f"rejected by {actor}: {reason}",
+        action="rollout.rejected",
+        now=utcnow(),
+    )
+
+
+def expire_rollout(session: Session, rollout_id: int, *, now: datetime | None = None) -> Rollout | None:
+    """End a rollout whose approval deadline has passed as expired; None if it is not (or no longer) due."""
+    row, current = _load(session, rollout_id, lock=True)
+    now = now or utcnow()
+    deadline = current.approval_expires_at
+    if current.state is not RolloutState.PENDING_APPROVAL or deadline is None or now < deadline:
+        return None
+    return _record_decision(
+        session,
+        row,
+        current,
+        RolloutState.EXPIRED,
+        actor="controlplane",
+        reason=f"not approved before {deadline:%Y-%m-%d %H:%M:%S} UTC",
+        action="rollout.expired",
+        now=now,
+    )
+
+
+def overdue_approvals(session: Session, *, now: datetime | None = None) -> list[int]:
+    """Ids of the rollouts still waiting for approval after their deadline, oldest first."""
+    rows = session.execute(
+        select(RolloutRow.id)
+        .where(
+            RolloutRow.state == RolloutState.PENDING_APPROVAL.value,
+            RolloutRow.approval_expires_at <= (now or utcnow()),
+        )
+        .order_by(RolloutRow.id)
+    )
+    return [rollout_id for (rollout_id,) in rows]
 
 
 def transition(

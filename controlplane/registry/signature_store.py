@@ -78,6 +78,8 @@ def get_policy(session: Session, model: str) -> ModelPolicy | None:
         allowed_signers=tuple(row.allowed_signers) if row.allowed_signers is not None else None,
         allow_code_backends=row.allow_code_backends,
         code_backends_require_signature=row.code_backends_require_signature,
+        require_approval=row.require_approval,
+        approval_timeout_seconds=row.approval_timeout_seconds,
     )
 
 
@@ -93,6 +95,8 @@ def set_policy(session: Session, model: str, policy: ModelPolicy, *, actor: str)
     row.allowed_signers = list(policy.allowed_signers) if policy.allowed_signers is not None else None
     row.allow_code_backends = policy.allow_code_backends
     row.code_backends_require_signature = policy.code_backends_require_signature
+    row.require_approval = policy.require_approval
+    row.approval_timeout_seconds = policy.approval_timeout_seconds
     row.updated_at = utcnow()
     session.flush()
     store.append_event(
@@ -106,6 +110,8 @@ def set_policy(session: Session, model: str, policy: ModelPolicy, *, actor: str)
             "allowed_signers": row.allowed_signers,
             "allow_code_backends": policy.allow_code_backends,
             "code_backends_require_signature": policy.code_backends_require_signature,
+            "require_approval": policy.require_approval,
+            "approval_timeout_seconds": policy.approval_timeout_seconds,
         },
     )
     return policy

@@ -31,6 +31,7 @@ from controlplane.domain.models import (
 from controlplane.domain.version_metadata import MetadataChange, apply_change
 from controlplane.domain.versions import VersionEvent, decide_version
 from controlplane.errors import Conflict, NotFound
+from controlplane.registry import outbox
 from controlplane.registry.tables import (
     AuditEventRow,
     DeploymentRow,
@@ -292,18 +293,22 @@ def append_event(
     outcome: str,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append an audit event (the table refuses updates and deletes)."""
-    session.add(
-        AuditEventRow(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            target=target,
-            outcome=outcome,
-            details=dict(details or {}),
-        )
+    """Append an audit event (the table refuses updates and deletes), and its webhook outbox rows.
+
+    Both are written in the caller's transaction: a subscribed receiver gets
+    the event exactly when the change it records has committed.
+    """
+    row = AuditEventRow(
+        at=utcnow(),
+        actor=actor,
+        action=action,
+        target=target,
+        outcome=outcome,
+        details=dict(details or {}),
     )
+    session.add(row)
     session.flush()
+    outbox.enqueue(session, event_id=row.id, action=action, target=target, details=row.details, at=row.at)
 
 
 def list_events(session: Session, *, after_id: int = 0, limit: int = 100) -> list[AuditEvent]:

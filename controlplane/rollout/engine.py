@@ -25,6 +25,12 @@ rollout active only when the engine stops.
 Operators steer a running rollout by setting ``requested_action`` (abort,
 promote); the worker reads it between steps and while waiting.
 
+Approval: a rollout of a model whose policy requires approval is recorded in
+``pending_approval`` by ``start``, holding no claim and with no worker, so a
+request waiting for a day blocks no other deploy; ``approve`` chooses its
+pools then, takes their claims and starts its worker; ``reject`` and expiry
+end it. A rollback never waits for approval.
+
 Exclusion: a rollout holds the claims of its pools (``pool_claims``) from the
 transaction that creates it to the one that ends it, so no deploy, repair or
 other rollout touches those pools meanwhile, in this process or another. A
@@ -43,7 +49,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.claims import PoolClaims, patiently
@@ -56,6 +63,7 @@ from controlplane.domain.analysis import (
     next_look,
     next_move,
 )
+from controlplane.domain.approvals import approval_deadline, check_approvable, check_rejectable, is_overdue
 from controlplane.domain.models import ModelVersion
 from controlplane.domain.rollouts import (
     RequestedAction,
@@ -81,10 +89,13 @@ from controlplane.errors import (
 )
 from controlplane.logs import logs_as_rollout
 from controlplane.pools import Pool, install, redact_reason, uninstall
-from controlplane.registry import rollout_store, store
+from controlplane.registry import alias_store, rollout_store, signature_store, store
 from controlplane.registry.db import Database
 from controlplane.rollout.weights import ProxyWeights
 from controlplane.traffic.router import TrafficRouter
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +153,7 @@ class RolloutEngine:
         claims: PoolClaims | None = None,
         admission: Admission | None = None,
         candidate_checks: CandidateChecks | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.db = db
         self.pools = dict(pools)
@@ -154,6 +166,8 @@ class RolloutEngine:
         self.policy_check = policy_check
         self.admission = admission
         self.candidate_checks = candidate_checks
+        self.now = now or (lambda: datetime.now(UTC))
+        """Wall-clock time, for approval deadlines (``clock`` is monotonic, for waits)."""
         # Tests pass a fake clock's sleep so waits advance it; by default waits end early on stop().
         self._sleep = sleep
         self._owns_claims = claims is None
@@ -173,7 +187,18 @@ class RolloutEngine:
 
         ``pool`` names the pool an inplace rollout changes (default: the live
         pool, as for every other strategy's source); a deploy to a standby names it.
+        A model that requires approval gets its rollout recorded in
+        ``pending_approval`` instead, holding nothing and with no worker until
+        ``approve``.
         """
+        self._admit(spec, actor=actor, pool=pool)
+        timeout = self._approval_timeout(spec.model)
+        if timeout is not None:
+            return self._request_approval(spec, actor=actor, pool=pool, timeout=timeout)
+        return self._start_now(spec, actor=actor, pool=pool)
+
+    def _admit(self, spec: RolloutSpec, *, actor: str, pool: str | None) -> None:
+        """Refuse a rollout that may not start (pool, signature policy, interface, metrics)."""
         if pool is not None and spec.strategy is not Strategy.INPLACE:
             raise InvalidInput(
                 f"a {spec.strategy} rollout moves traffic away from the live pool; only an inplace "
@@ -189,21 +214,28 @@ class RolloutEngine:
             # Interface and metrics against production: a refused rollout leaves no row either.
             self.admission(spec, actor=actor)
 
+    def _choose_pools(
+        self, session: Session, spec: RolloutSpec, pool: str | None
+    ) -> tuple[str, str, int | None]:
+        """``(source, target, from_version)`` of a rollout of ``spec`` starting now."""
+        store.get_version(session, spec.model, spec.version)
+        source = pool or rollout_store.live_pool(session)
+        if spec.strategy is Strategy.INPLACE:
+            target = source
+        else:
+            others = sorted(p for p in self.pools if p != source)
+            if not others:
+                raise Conflict(
+                    f"strategy {spec.strategy} needs two pools; this stack has only {source!r}",
+                    code="needs_two_pools",
+                )
+            target = others[0]
+        return source, target, rollout_store.pool_release(session, source).get(spec.model)
+
+    def _start_now(self, spec: RolloutSpec, *, actor: str, pool: str | None = None) -> Rollout:
         def create() -> Rollout:
             with self.db.transaction() as session:
-                store.get_version(session, spec.model, spec.version)
-                source = pool or rollout_store.live_pool(session)
-                if spec.strategy is Strategy.INPLACE:
-                    target = source
-                else:
-                    others = sorted(p for p in self.pools if p != source)
-                    if not others:
-                        raise Conflict(
-                            f"strategy {spec.strategy} needs two pools; this stack has only {source!r}",
-                            code="needs_two_pools",
-                        )
-                    target = others[0]
-                from_version = rollout_store.pool_release(session, source).get(spec.model)
+                source, target, from_version = self._choose_pools(session, spec, pool)
                 rollout = rollout_store.create_rollout(
                     session,
                     spec=spec,
@@ -221,8 +253,109 @@ class RolloutEngine:
         self._spawn(rollout.id)
         return rollout
 
+    # -- approval ---------------------------------------------------------------------------
+
+    def _approval_timeout(self, model: str) -> int | None:
+        """Seconds a rollout of ``model`` may wait for approval; None when its policy requires none."""
+        with self.db.transaction() as session:
+            policy = signature_store.get_policy(session, model)
+        if policy is None or not policy.require_approval:
+            return None
+        return policy.approval_timeout_seconds
+
+    def _request_approval(self, spec: RolloutSpec, *, actor: str, pool: str | None, timeout: int) -> Rollout:
+        with self.db.transaction() as session:
+            # The pools are chosen again at approval; these show what it would take now.
+            source, target, from_version = self._choose_pools(session, spec, pool)
+            rollout = rollout_store.create_rollout(
+                session,
+                spec=spec,
+                source_pool=source,
+                target_pool=target,
+                from_version=from_version,
+                actor=actor,
+                approval_expires_at=approval_deadline(self.now(), timeout),
+                requested_pool=pool,
+            )
+        log.info(
+            "rollout %s of %s waits for approval until %s",
+            rollout.id,
+            spec.model,
+            rollout.approval_expires_at,
+        )
+        return rollout
+
+    def _decidable(self, rollout_id: int) -> Rollout:
+        """The rollout as it is now; one past its approval deadline is expired first."""
+        with self.db.transaction() as session:
+            rollout = rollout_store.get_rollout(session, rollout_id)
+            if is_overdue(rollout, self.now()):
+                rollout = rollout_store.expire_rollout(session, rollout_id, now=self.now()) or rollout
+        return rollout
+
+    def approve(self, rollout_id: int, *, actor: str) -> Rollout:
+        """Approve a rollout waiting for approval: it takes its pools' claims and starts.
+
+        Forbidden ``self_approval`` for its requester; Conflict when it does
+        not wait (``approval_expired`` once past its deadline); PoolBusy when
+        another operation holds a pool, and then it still waits. The version
+        is checked again (signature policy, admission) against what serves now.
+        """
+        rollout = self._decidable(rollout_id)
+        check_approvable(rollout, actor=actor)
+        pool = _requested_pool(rollout)
+        self._admit(rollout.spec, actor=actor, pool=pool)
+
+        def take() -> Rollout:
+            with self.db.transaction() as session:
+                source, target, from_version = self._choose_pools(session, rollout.spec, pool)
+                return rollout_store.approve_rollout(
+                    session,
+                    rollout_id,
+                    actor=actor,
+                    source_pool=source,
+                    target_pool=target,
+                    from_version=from_version,
+                    lease=self.claims.lease,
+                    now=self.now(),
+                )
+
+        approved = patiently(take, timeout=self.settings.load_timeout)
+        self.claims.drive(rollout_store.rollout_holder(rollout_id))
+        self._spawn(rollout_id)
+        return approved
+
+    def reject(self, rollout_id: int, *, actor: str, reason: str) -> Rollout:
+        """End a rollout waiting for approval as rejected; Conflict when it does not wait."""
+        check_rejectable(self._decidable(rollout_id))
+        with self.db.transaction() as session:
+            return rollout_store.reject_rollout(session, rollout_id, actor=actor, reason=reason)
+
+    def expire_overdue(self) -> builtins.list[int]:
+        """End every rollout still waiting for approval past its deadline; return their ids."""
+        with self.db.transaction() as session:
+            overdue = rollout_store.overdue_approvals(session, now=self.now())
+        expired = []
+        for rollout_id in overdue:
+            with self.db.transaction() as session:
+                if rollout_store.expire_rollout(session, rollout_id, now=self.now()) is not None:
+                    expired.append(rollout_id)
+        return expired
+
     def request(self, rollout_id: int, action: RequestedAction, *, actor: str) -> Rollout:
-        """Ask a running rollout to abort or promote; its worker acts within a poll interval."""
+        """Ask a running rollout to abort or promote; its worker acts within a poll interval.
+
+        A rollout still waiting for approval has nothing to promote (Conflict
+        ``pending_approval``); aborting it withdraws the request (rejected).
+        """
+        if self.get(rollout_id).state is RolloutState.PENDING_APPROVAL:
+            if action is RequestedAction.ABORT:
+                return self.reject(rollout_id, actor=actor, reason="aborted before approval")
+            raise Conflict(
+                f"rollout {rollout_id} waits for approval: there is nothing to {action} yet",
+                code="pending_approval",
+                details={"rollout": rollout_id},
+            )
         with self.db.transaction() as session:
             rollout = rollout_store.request_action(session, rollout_id, action, actor=actor)
         # Whichever control plane drives the rollout reads the request; here only if none does.
@@ -242,28 +375,35 @@ class RolloutEngine:
 
         A rollout of the model still running (or baking, with the old pool
         warm) is aborted: a weight flip. Otherwise a blue-green rollout to the
-        version that served before the last successful one starts.
+        version that served before the last successful one starts. Neither
+        waits for approval: a rollback restores what served; requests of the
+        model waiting for approval stay as they are.
         """
         with self.db.transaction() as session:
             store.get_model(session, model)
             running = [
-                r for r in rollout_store.list_rollouts(session, active_only=True) if r.spec.model == model
+                r
+                for r in rollout_store.list_rollouts(session, active_only=True)
+                if r.spec.model == model and r.running
             ]
             previous = rollout_store.previous_production_version(session, model)
         if running:
             return self.request(running[0].id, RequestedAction.ABORT, actor=actor)
         if previous is None:
             raise Conflict(f"model {model!r} has no previous production version", code="no_previous_version")
-        return self.start(one_step_spec(model, previous, Strategy.BLUEGREEN), actor=actor)
+        spec = one_step_spec(model, previous, Strategy.BLUEGREEN)
+        self._admit(spec, actor=actor, pool=None)
+        return self._start_now(spec, actor=actor)
 
     def resume(self) -> builtins.list[int]:  # builtins: the method `list` above shadows the type here
         """Start workers for active rollouts that nobody drives (after a restart); return their ids.
 
-        A rollout another control plane drives (its lease is renewed) is left to it.
+        A rollout another control plane drives (its lease is renewed) is left to it;
+        one waiting for approval has nothing to drive.
         """
         with self.db.transaction() as session:
             active = rollout_store.list_rollouts(session, active_only=True)
-        return [rollout.id for rollout in active if self._resume_one(rollout.id)]
+        return [rollout.id for rollout in active if rollout.running and self._resume_one(rollout.id)]
 
     def _resume_one(self, rollout_id: int) -> bool:
         with self._lock:
@@ -358,7 +498,7 @@ class RolloutEngine:
         while True:
             try:
                 rollout = self._get(rollout_id)
-                if not rollout.active:
+                if not rollout.running:
                     return
                 if broken and rollout.state is not RolloutState.ROLLING_BACK:
                     self._rollback(rollout, "internal error; see the control plane log")
@@ -774,6 +914,8 @@ class RolloutEngine:
                     number=rollout.from_version,
                     event=VersionEvent.REPLACED,
                 )
+            # Live traffic and the production alias change in one commit: its history is what was live when.
+            alias_store.follow_rollout(session, rollout_id=rollout.id)
         self._outage_over(rollout.id)
 
     def _standby_begun(self, rollout: Rollout) -> bool:
@@ -822,3 +964,10 @@ class RolloutEngine:
             release[rollout.spec.model] = previous.number
             rollout_store.set_pool_release(session, pool.name, release)
         install(pool, previous, self.blobs, previous=None, load_timeout=self.settings.load_timeout)
+
+
+def _requested_pool(rollout: Rollout) -> str | None:
+    """The pool the request named (a deploy to a standby), kept in its first event; None: the live pool."""
+    first = rollout.events[0].measurements if rollout.events else {}
+    pool = first.get("pool")
+    return pool if isinstance(pool, str) else None

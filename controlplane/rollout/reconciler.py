@@ -5,7 +5,8 @@ A pass never fights another operation: each pool is repaired under its claim
 (``pool_claims``), so pools a rollout or a deploy holds are skipped, and
 weights are left alone while any rollout holds a pool, whichever control
 plane drives it. The pass adopts and resumes active rollouts that nobody
-drives (after a restart of the control plane, or the death of another one).
+drives (after a restart of the control plane, or the death of another one),
+and expires rollout requests whose approval deadline has passed.
 
 Invariant enforced on weights: a pool keeps a weight above 0 only if every
 model of its release is READY there, unless no other pool could take the
@@ -57,6 +58,7 @@ class Reconciler:
         prepare = self._sync_standby if self.engine.settings.standby_warm else None
         changes = [c for c in self.repair.reconcile(prepare=prepare) if not c.startswith("skipped")]
         changes += [f"resumed rollout {i}" for i in self.engine.resume()]
+        changes += [f"rollout {i} expired waiting for approval" for i in self.engine.expire_overdue()]
         if not self.engine.busy() and not self._rollout_holds_a_pool():
             changes += self._converge_weights()
             changes += self._recycle_due_pools()

@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -19,11 +20,14 @@ from controlplane.api.app import ApiServices, create_app
 from controlplane.api.auth import Authenticator
 from controlplane.api.server import server_config
 from controlplane.collector import collect_garbage, run_periodically, sweep_stale_uploads
+from controlplane.domain.gitops import WatchLimits
 from controlplane.errors import ControlPlaneError
+from controlplane.gitops.transports import InProcessTransport
+from controlplane.gitops.watcher import Watcher, open_source
 from controlplane.logs import configure_logging
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
-from controlplane.runtime.wiring import local_services
+from controlplane.runtime.wiring import Services, local_services
 from controlplane.services.repair import PoolRepair
 from controlplane.settings import Settings
 
@@ -54,6 +58,32 @@ def _any_token(db: Database) -> bool:
         return any(t.active for t in token_store.list_tokens(session))
 
 
+def _start_watcher(
+    watch_path: Path, settings: Settings, services: Services, stop: threading.Event
+) -> threading.Thread:
+    """Follow CONTROLPLANE_WATCH_PATH with this process's registry and engine, until ``stop``."""
+    source = open_source(
+        watch_path,
+        git=settings.watch_git,
+        branch=settings.watch_branch or None,
+        limits=WatchLimits(max_file_bytes=settings.max_file_bytes, max_files=settings.max_archive_members),
+    )
+    # Staged folders and archives go where uploads do: on the state directory's disk, not a small /tmp.
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    watcher = Watcher(
+        source, InProcessTransport(services.registry, services.engine), work_dir=settings.uploads_dir
+    )
+    thread = threading.Thread(
+        target=watcher.run,
+        args=(stop,),
+        kwargs={"interval": settings.watch_interval_seconds},
+        name="watcher",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -67,12 +97,16 @@ def run_embedded(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     stopping = threading.Event()
+    watching: list[threading.Thread] = []
 
     def before_stop() -> None:
         stopping.set()
         # A second Ctrl-C must not cut the teardown short and leave Triton or HAProxy behind.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A push the watcher is in the middle of ends before the registry closes under it.
+        for thread in watching:
+            thread.join(timeout=30)
 
     started = time.monotonic()
     try:
@@ -95,6 +129,7 @@ def run_embedded(settings: Settings) -> None:
             threading.Thread(
                 target=services.reconciler.run_forever, args=(stopping,), name="reconciler", daemon=True
             ).start()
+            services.webhook_delivery.start(stopping)
             sweep_stale_uploads(settings.uploads_dir, started_at=process_started)
             run_periodically(
                 lambda: collect_garbage(
@@ -106,6 +141,8 @@ def run_embedded(settings: Settings) -> None:
                 interval=settings.gc_interval_seconds,
                 stop=stopping,
             )
+            if settings.watch_path is not None:
+                watching.append(_start_watcher(settings.watch_path, settings, services, stopping))
             app = create_app(
                 ApiServices(
                     db=db,
@@ -116,6 +153,8 @@ def run_embedded(settings: Settings) -> None:
                     deployer=services.deployer,
                     recycler=services.recycler,
                     golden=services.golden,
+                    aliases=services.aliases,
+                    webhooks=services.webhooks,
                 ),
                 max_upload_bytes=settings.max_upload_bytes,
                 readiness=stack.readiness,

@@ -24,6 +24,8 @@ from controlplane.artifacts.signatures import TrustedSigners
 from controlplane.claims import PoolClaims
 from controlplane.domain.policy import SignaturePolicy
 from controlplane.domain.recycling import RecyclePolicy
+from controlplane.domain.webhook_targets import TargetAllowlist
+from controlplane.domain.webhooks import RetryPolicy
 from controlplane.errors import StartupFailed
 from controlplane.pools import Pool
 from controlplane.registry import rollout_store
@@ -37,6 +39,7 @@ from controlplane.runtime.local import LocalStack
 from controlplane.runtime.process import SupervisedProcess
 from controlplane.runtime.recycling import DockerPoolProcesses, SupervisedPoolProcesses
 from controlplane.services.admission import RolloutAdmission
+from controlplane.services.aliases import Aliases
 from controlplane.services.deploys import Deployer
 from controlplane.services.golden import GoldenSets
 from controlplane.services.health import Health
@@ -44,6 +47,9 @@ from controlplane.services.recycle import PoolProcesses, PoolRecycler
 from controlplane.services.registry import Registry
 from controlplane.services.repair import PoolRepair
 from controlplane.services.signing import Signing
+from controlplane.services.webhook_sender import WebhookSender
+from controlplane.services.webhook_targets import TargetChecker
+from controlplane.services.webhooks import DeliverySettings, WebhookDelivery, Webhooks
 from controlplane.settings import Settings
 from controlplane.staging.repository import PoolRepository
 from controlplane.traffic.haproxy import HAProxyRuntime
@@ -113,6 +119,9 @@ class Services:
     reconciler: Reconciler
     recycler: PoolRecycler
     golden: GoldenSets
+    aliases: Aliases
+    webhooks: Webhooks
+    webhook_delivery: WebhookDelivery
     # The pools' weights the registry held at start, which the proxy was set to.
     initial_weights: dict[str, int] = field(default_factory=dict)
 
@@ -121,6 +130,7 @@ class Services:
         # A reconciler loop waiting out its interval sees the stop at once.
         self.reconciler.wake()
         self.engine.stop()
+        self.webhook_delivery.stop()
         self.claims.close()
 
 
@@ -229,6 +239,7 @@ def build_services(
     )
     # A rollout or deploy may change a pool's release: the standby follows at the next pass, which is now.
     engine.after_end = reconciler.wake
+    targets = TargetChecker(TargetAllowlist.parse(settings.webhook_allowed_networks))
     return Services(
         db=db,
         pools=pools,
@@ -245,7 +256,28 @@ def build_services(
         reconciler=reconciler,
         recycler=recycler,
         golden=GoldenSets(db=db, blobs=blobs, uploads_dir=settings.uploads_dir),
+        aliases=Aliases(db=db),
+        webhooks=Webhooks(db=db, targets=targets),
+        webhook_delivery=webhook_delivery(settings, db, targets),
         initial_weights=dict(initial_weights or {}),
+    )
+
+
+def webhook_delivery(settings: Settings, db: Database, targets: TargetChecker) -> WebhookDelivery:
+    """The webhook worker (not started), paced and retried as the settings say."""
+    return WebhookDelivery(
+        db=db,
+        sender=WebhookSender(targets),
+        policy=RetryPolicy(
+            base_seconds=settings.webhook_retry_base_seconds,
+            cap_seconds=settings.webhook_retry_max_seconds,
+            max_failures=settings.webhook_max_failures,
+        ),
+        settings=DeliverySettings(
+            lease_seconds=settings.webhook_lease_seconds,
+            poll_seconds=settings.webhook_poll_seconds,
+            workers=settings.webhook_workers,
+        ),
     )
 
 

@@ -7,7 +7,9 @@ it, survives outages and restarts the way rollouts do, and shows in
 waits for the rollout to end and gets the deployment (it serves), or
 DeployFailed with Triton's reason (what served before still serves), or,
 when the rollout is still waiting out an outage after ``answer_within``,
-DeployPending naming the rollout that goes on.
+DeployPending naming the rollout that goes on. A deploy of a model that
+requires approval is answered DeployPending at once: its rollout waits for
+an approver, not for this request.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class Deployer:
         started = time.monotonic()
         spec = one_step_spec(model, number, Strategy.INPLACE, allow_breaking=allow_breaking)
         rollout = self.engine.start(spec, actor=actor, pool=pool)
+        if rollout.state is RolloutState.PENDING_APPROVAL:
+            DEPLOYS.labels("pending").inc()
+            raise DeployPending(
+                f"the deploy of {model} version {number} waits for approval as rollout {rollout.id} "
+                f"(until {rollout.approval_expires_at:%Y-%m-%d %H:%M:%S} UTC): another principal approves "
+                f"it with POST /v1/rollouts/{rollout.id}/approve",
+                details={"rollout": rollout.id, "state": rollout.state.value},
+            )
         ended = self.engine.wait(rollout.id, timeout=self.answer_within)
         if ended.state is RolloutState.SUCCEEDED:
             return self._served(ended, actor=actor, seconds=time.monotonic() - started)

@@ -95,7 +95,7 @@ class Signing:
     def set_policy(self, model: str, policy: ModelPolicy, *, actor: str) -> ModelPolicy:
         """Set a model's own policy (the model need not have a version yet)."""
         validate_model_name(model)
-        SignaturePolicy(allowed_signers=policy.allowed_signers or ()).validate()
+        policy.validate()
         with self.db.transaction() as session:
             return signature_store.set_policy(session, model, policy, actor=actor)
 

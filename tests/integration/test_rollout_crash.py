@@ -141,13 +141,16 @@ def test_the_cli_follows_a_rollout_and_a_rollback_and_refuses_bad_requests_in_on
         bad_steps.stderr.strip() == "error: steps must strictly increase, got [50, 10, 100] (invalid_rollout)"
     )
     with stack.client() as client:
-        malformed = client.post("/v1/rollouts", json={"model": "mlp", "version": "two"})
+        malformed = client.post("/v1/rollouts", json={"model": "mlp", "version": [2]})
+        no_alias = client.post("/v1/rollouts", json={"model": "mlp", "version": "two"})
         missing = client.get("/v1/rollouts/999")
         finished = client.post("/v1/rollouts/1/abort")
         bad_gate = client.post(
             "/v1/rollouts", json={"model": "mlp", "version": 2, "gates": {"max_error_rate": 3}}
         )
     assert malformed.status_code == 422 and malformed.json()["error"]["code"] == "invalid_request"
+    # A version given as a name is an alias of the model.
+    assert no_alias.status_code == 404 and no_alias.json()["error"]["code"] == "alias_not_found"
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "rollout_not_found"
     assert finished.status_code == 409 and finished.json()["error"]["code"] == "rollout_finished"
     assert bad_gate.status_code == 422
