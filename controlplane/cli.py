@@ -1184,13 +1184,25 @@ def events(
     ] = None,
     api: ApiUrl = DEFAULT_API,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Only events about this model (versions, aliases, pool releases).")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Only events by this actor.")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="Only this action, or a prefix ending in .* (rollout.*).")
+    ] = None,
 ) -> None:
     """Print the audit log: what was done, by whom, to what; --follow streams new events live."""
+    filters = {"model": model, "actor": actor, "action": action}
     if follow:
+        if any(value is not None for value in filters.values()):
+            fail("--model, --actor and --action filter the listing, not --follow")
         with suppress(KeyboardInterrupt):
             _follow_events(api, after, count, as_json)
         return
-    result = _request("GET", api, "/v1/events", params={"after": after or 0, "limit": limit})
+    params: dict[str, str | int] = {"after": after or 0, "limit": limit}
+    params.update({name: value for name, value in filters.items() if value is not None})
+    result = _request("GET", api, "/v1/events", params=params)
     for e in result:
         typer.echo(json.dumps(e, sort_keys=True) if as_json else _event_line(e))
 

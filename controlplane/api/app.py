@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from controlplane.api.auth import Authenticator
+from controlplane.api.console import mount_console
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.guard import ApiLimits, RequestGuard
 from controlplane.api.rollouts import rollouts_router
@@ -23,7 +24,9 @@ from controlplane.api.routes_health import ReadinessCheck, health_router
 from controlplane.api.routes_models import models_router
 from controlplane.api.routes_pools import pools_router
 from controlplane.api.routes_signatures import signatures_router
+from controlplane.api.routes_traffic import traffic_router
 from controlplane.api.routes_webhooks import webhooks_router
+from controlplane.api.routes_whoami import whoami_router
 from controlplane.registry.db import Database
 from controlplane.rollout.engine import RolloutEngine
 from controlplane.services.aliases import Aliases
@@ -33,6 +36,7 @@ from controlplane.services.health import Health
 from controlplane.services.recycle import PoolRecycler
 from controlplane.services.registry import Registry
 from controlplane.services.signing import Signing
+from controlplane.services.traffic_monitor import TrafficMonitor
 from controlplane.services.webhooks import Webhooks
 
 # Routes that stream their own (larger) bodies; every other body is JSON under ApiLimits.max_json_bytes.
@@ -60,6 +64,7 @@ class ApiServices:
     golden: GoldenSets | None = None
     aliases: Aliases | None = None
     webhooks: Webhooks | None = None
+    traffic: TrafficMonitor | None = None
 
 
 def create_app(
@@ -102,6 +107,9 @@ def create_app(
     app.include_router(events_router(services.registry, auth))
     if services.webhooks is not None:
         app.include_router(webhooks_router(services.webhooks, auth))
+    if services.traffic is not None:
+        app.include_router(traffic_router(services.traffic, auth))
+    app.include_router(whoami_router(auth))
     app.include_router(
         health_router(
             services.health,
@@ -111,4 +119,5 @@ def create_app(
             checked_dir=storage_dir or services.registry.uploads_dir.parent,
         )
     )
+    mount_console(app)
     return app

@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from controlplane.api.console import is_console_path
 from controlplane.api.refusals import RefusalRecorder
 from controlplane.domain.auth import Permission, Role, allows
 from controlplane.domain.limits import has_control_characters
@@ -84,6 +85,8 @@ class Authenticator:
             return False
         if path in OPEN_PATHS and not (path == "/healthz" and "model" in query):
             return False
+        if is_console_path(path):
+            return False  # static pages; their data comes from the API with the user's token
         return not (self.open_reads and method in READ_METHODS and not has_credentials)
 
     def lookup(self, authorization: str | None) -> Caller | str:

@@ -1,7 +1,7 @@
-"""Audit log endpoints: a page of events after an id, and the live stream of them."""
+"""Audit log endpoints: a filtered page of events (oldest or newest first), and the live stream of them."""
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -19,10 +19,13 @@ from controlplane.api.event_stream import (
 )
 from controlplane.domain.auth import Permission, allows
 from controlplane.domain.event_cursor import EventCursor
-from controlplane.domain.limits import MAX_ID
+from controlplane.domain.limits import MAX_ID, validate_text
 from controlplane.errors import DatabaseUnavailable, InvalidInput
 from controlplane.registry import event_feed
 from controlplane.services.registry import Registry
+
+# Longest value of a text filter (model, actor, action); longer than any stored one.
+_MAX_FILTER = 256
 
 
 def _last_event_id(header: str | None) -> int | None:
@@ -47,10 +50,44 @@ def events_router(registry: Registry, auth: Authenticator) -> APIRouter:
     @router.get("/v1/events", response_model=list[schemas.EventOut])
     def events(
         _actor: Reader,
-        after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_ID, description="only events with a larger id")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        model: Annotated[
+            str | None,
+            Query(
+                max_length=_MAX_FILTER,
+                description="only events about this model: its versions, aliases, and releases on pools",
+            ),
+        ] = None,
+        actor: Annotated[str | None, Query(max_length=_MAX_FILTER, description="only this actor's")] = None,
+        action: Annotated[
+            str | None,
+            Query(
+                max_length=_MAX_FILTER, description="only this action, or a prefix ending in .* (rollout.*)"
+            ),
+        ] = None,
+        before: Annotated[
+            int | None, Query(ge=0, le=MAX_ID, description="only events with a smaller id")
+        ] = None,
+        order: Annotated[
+            Literal["asc", "desc"],
+            Query(description="asc: oldest first; desc: newest first (the next page: before=the last id)"),
+        ] = "asc",
     ) -> list[schemas.EventOut]:
-        return [schemas.event_out(e) for e in registry.events(after_id=after, limit=limit)]
+        """A page of the audit log, filtered; oldest first unless order=desc."""
+        for what, value in (("model", model), ("actor", actor), ("action", action)):
+            if value is not None:
+                validate_text(value, what=what, max_length=_MAX_FILTER)
+        found = registry.events(
+            after_id=after,
+            limit=limit,
+            before_id=before,
+            model=model,
+            actor=actor,
+            action=action,
+            newest_first=order == "desc",
+        )
+        return [schemas.event_out(e) for e in found]
 
     def latest_id() -> int:
         with registry.db.transaction() as session:

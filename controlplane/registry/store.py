@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, func, select, update
+from sqlalchemy import ColumnElement, Insert, SQLColumnExpression, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -311,11 +311,58 @@ def append_event(
     outbox.enqueue(session, event_id=row.id, action=action, target=target, details=row.details, at=row.at)
 
 
-def list_events(session: Session, *, after_id: int = 0, limit: int = 100) -> list[AuditEvent]:
-    """Audit events with id above ``after_id``, oldest first."""
-    rows = session.execute(
-        select(AuditEventRow).where(AuditEventRow.id > after_id).order_by(AuditEventRow.id).limit(limit)
-    ).scalars()
+def _starts_with(column: SQLColumnExpression[str], prefix: str) -> ColumnElement[bool]:
+    # Not LIKE: SQLite's ignores case, and the prefix would need its wildcards escaped.
+    return func.substr(column, 1, len(prefix)) == prefix
+
+
+def _ends_with(column: SQLColumnExpression[str], suffix: str) -> ColumnElement[bool]:
+    return and_(
+        func.length(column) >= len(suffix),
+        func.substr(column, func.length(column) - len(suffix) + 1) == suffix,
+    )
+
+
+def list_events(
+    session: Session,
+    *,
+    after_id: int = 0,
+    limit: int = 100,
+    before_id: int | None = None,
+    model: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    newest_first: bool = False,
+) -> list[AuditEvent]:
+    """Audit events with id above ``after_id`` (and below ``before_id``) matching every filter given.
+
+    Oldest first, or with ``newest_first`` newest first (the next page: ``before_id`` the last id seen).
+    ``model``: events about it, whose target is the model, one of its versions (``model/N``) or
+    aliases (``model@alias``), or its release on a pool (``pool/model``). ``actor``: exact.
+    ``action``: exact, or every action it starts with when it ends in ``.*`` (``rollout.*``).
+    """
+    query = select(AuditEventRow).where(AuditEventRow.id > after_id)
+    if before_id is not None:
+        query = query.where(AuditEventRow.id < before_id)
+    if model is not None:
+        target = AuditEventRow.target
+        query = query.where(
+            or_(
+                target == model,
+                _starts_with(target, f"{model}/"),
+                _starts_with(target, f"{model}@"),
+                _ends_with(target, f"/{model}"),
+            )
+        )
+    if actor is not None:
+        query = query.where(AuditEventRow.actor == actor)
+    if action is not None:
+        if action.endswith(".*"):
+            query = query.where(_starts_with(AuditEventRow.action, action[:-1]))
+        else:
+            query = query.where(AuditEventRow.action == action)
+    order = AuditEventRow.id.desc() if newest_first else AuditEventRow.id.asc()
+    rows = session.execute(query.order_by(order).limit(limit)).scalars()
     return [
         AuditEvent(
             id=r.id,

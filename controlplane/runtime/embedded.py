@@ -16,7 +16,7 @@ from types import FrameType
 
 import uvicorn
 
-from controlplane.api.app import ApiServices, create_app
+from controlplane.api.app import create_app
 from controlplane.api.auth import Authenticator
 from controlplane.api.server import server_config
 from controlplane.collector import collect_garbage, run_periodically, sweep_stale_uploads
@@ -27,7 +27,7 @@ from controlplane.gitops.watcher import Watcher, open_source
 from controlplane.logs import configure_logging
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
-from controlplane.runtime.wiring import Services, local_services
+from controlplane.runtime.wiring import Services, api_services, local_services
 from controlplane.services.repair import PoolRepair
 from controlplane.settings import Settings
 
@@ -144,24 +144,14 @@ def run_embedded(settings: Settings) -> None:
             if settings.watch_path is not None:
                 watching.append(_start_watcher(settings.watch_path, settings, services, stopping))
             app = create_app(
-                ApiServices(
-                    db=db,
-                    registry=services.registry,
-                    signing=services.signing,
-                    health=services.health,
-                    engine=services.engine,
-                    deployer=services.deployer,
-                    recycler=services.recycler,
-                    golden=services.golden,
-                    aliases=services.aliases,
-                    webhooks=services.webhooks,
-                ),
+                api_services(services),
                 max_upload_bytes=settings.max_upload_bytes,
                 readiness=stack.readiness,
                 auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
             )
             server = uvicorn.Server(server_config(app, settings))
             print(f"REST API           http://{settings.host}:{settings.api_port}  (docs: /docs)", flush=True)
+            print(f"web console        http://{settings.host}:{settings.api_port}/ui/", flush=True)
             print(f"Triton gRPC proxy  {settings.host}:{settings.grpc_port}", flush=True)
             print(f"Triton HTTP proxy  http://{settings.host}:{settings.http_port}", flush=True)
             print(f"pools              {', '.join(f'{p}={w}' for p, w in weights.items())}", flush=True)

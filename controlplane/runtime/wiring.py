@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from controlplane.api.app import ApiServices
 from controlplane.artifacts.archive import ArchiveLimits
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.artifacts.signatures import TrustedSigners
@@ -47,6 +48,7 @@ from controlplane.services.recycle import PoolProcesses, PoolRecycler
 from controlplane.services.registry import Registry
 from controlplane.services.repair import PoolRepair
 from controlplane.services.signing import Signing
+from controlplane.services.traffic_monitor import TrafficMonitor
 from controlplane.services.webhook_sender import WebhookSender
 from controlplane.services.webhook_targets import TargetChecker
 from controlplane.services.webhooks import DeliverySettings, WebhookDelivery, Webhooks
@@ -122,6 +124,7 @@ class Services:
     aliases: Aliases
     webhooks: Webhooks
     webhook_delivery: WebhookDelivery
+    traffic: TrafficMonitor
     # The pools' weights the registry held at start, which the proxy was set to.
     initial_weights: dict[str, int] = field(default_factory=dict)
 
@@ -132,6 +135,23 @@ class Services:
         self.engine.stop()
         self.webhook_delivery.stop()
         self.claims.close()
+
+
+def api_services(services: Services) -> ApiServices:
+    """Everything the REST API and the console serve, taken from ``services`` (every route present)."""
+    return ApiServices(
+        db=services.db,
+        registry=services.registry,
+        signing=services.signing,
+        health=services.health,
+        engine=services.engine,
+        deployer=services.deployer,
+        recycler=services.recycler,
+        golden=services.golden,
+        aliases=services.aliases,
+        webhooks=services.webhooks,
+        traffic=services.traffic,
+    )
 
 
 def ensure_pool_rows(db: Database, pool_names: tuple[str, ...]) -> dict[str, int]:
@@ -259,7 +279,22 @@ def build_services(
         aliases=Aliases(db=db),
         webhooks=Webhooks(db=db, targets=targets),
         webhook_delivery=webhook_delivery(settings, db, targets),
+        traffic=traffic_monitor(db, tuple(stack.pools), sampler, router),
         initial_weights=dict(initial_weights or {}),
+    )
+
+
+def traffic_monitor(
+    db: Database, pool_names: tuple[str, ...], sampler: PoolSampler, router: HAProxyRouter
+) -> TrafficMonitor:
+    """Live per-pool traffic for ``/v1/traffic``, sampled with the rollout analysis's own sampler."""
+
+    def releases() -> dict[str, dict[str, int]]:
+        with db.transaction() as session:
+            return {pool: rollout_store.pool_release(session, pool) for pool in pool_names}
+
+    return TrafficMonitor(
+        sampler=sampler, pools=pool_names, weights=router.weights, pool_up=router.pool_up, releases=releases
     )
 
 

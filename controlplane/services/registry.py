@@ -160,6 +160,26 @@ class Registry:
         with self.db.transaction() as session:
             return store.get_version(session, model, number)
 
-    def events(self, *, after_id: int = 0, limit: int = 100) -> list[AuditEvent]:
+    def events(
+        self,
+        *,
+        after_id: int = 0,
+        limit: int = 100,
+        before_id: int | None = None,
+        model: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditEvent]:
+        """A page of the audit log; ``store.list_events`` says what each filter matches."""
         with self.db.transaction() as session:
-            return store.list_events(session, after_id=after_id, limit=limit)
+            return store.list_events(
+                session,
+                after_id=after_id,
+                limit=limit,
+                before_id=before_id,
+                model=model,
+                actor=actor,
+                action=action,
+                newest_first=newest_first,
+            )

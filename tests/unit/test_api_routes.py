@@ -37,6 +37,7 @@ ROUTES = {
     ("GET", "/v1/events"): ("audit", "200"),
     ("GET", "/v1/events/stream"): ("audit", "200"),
     ("GET", "/v1/pools"): ("pools", "200"),
+    ("GET", "/v1/whoami"): ("auth", "200"),
     ("POST", "/v1/pools/{pool}/recycle"): ("pools", "200"),
     ("GET", "/healthz"): ("health", "200"),
     ("GET", "/readyz"): ("health", "200"),
