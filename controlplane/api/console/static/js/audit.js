@@ -15,7 +15,7 @@ export function matches(event, { model, actor, action }) {
   }
   if (model) {
     const t = event.target;
-    if (!(t === model || t.startsWith(`${model}/`) || t.endsWith(`/${model}`))) return false;
+    if (!(t === model || t.startsWith(`${model}/`) || t.startsWith(`${model}@`) || t.endsWith(`/${model}`))) return false;
   }
   return true;
 }
