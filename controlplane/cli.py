@@ -261,14 +261,33 @@ def models(api: ApiUrl = DEFAULT_API, as_json: JsonFlag = False) -> None:
         typer.echo(f"{m['name']:<24} latest v{m['latest_version']:<4} {serving}")
 
 
+# The most versions the API answers in one page.
+VERSION_PAGE = 1000
+
+
 @app.command()
 def versions(
     model: Annotated[str, typer.Argument(help="Model name.")],
+    newest: Annotated[
+        int | None, typer.Option("--newest", min=1, help="Only the newest N versions, newest first.")
+    ] = None,
     api: ApiUrl = DEFAULT_API,
     as_json: JsonFlag = False,
 ) -> None:
-    """List a model's versions."""
-    result = _request("GET", api, f"/v1/models/{model}/versions")
+    """List a model's versions, oldest first (all of them, page by page), or only the newest N."""
+    path = f"/v1/models/{model}/versions"
+    result: list[dict[str, Any]] = []
+    while newest is None or len(result) < newest:
+        # Each page starts after the last version of the one before.
+        params: dict[str, Any] = {"limit": VERSION_PAGE}
+        if newest is not None:
+            params.update(order="desc", limit=min(VERSION_PAGE, newest - len(result)))
+        if result:
+            params["after" if newest is None else "before"] = result[-1]["version"]
+        page = _request("GET", api, path, params=params)
+        result.extend(page)
+        if len(page) < params["limit"]:
+            break
     if as_json:
         _print_json(result)
         return
@@ -651,6 +670,103 @@ def rollback(
 ) -> None:
     """Return a model to its previous production version (never waits for approval)."""
     _finish(api, _request("POST", api, f"/v1/models/{model}/rollback"), watch, as_json)
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    p99_ms: Annotated[float, typer.Option("--p99-ms", help="Latency objective: the best one's p99 in ms.")],
+    version: Annotated[
+        int | None, typer.Option(help="Version to tune (default: production's, else the latest).")
+    ] = None,
+    delays: Annotated[
+        str | None, typer.Option(help="max_queue_delay_microseconds values to sweep, e.g. 0,500,2000.")
+    ] = None,
+    batch_sizes: Annotated[
+        str | None, typer.Option("--batch-sizes", help="Preferred batch sizes to sweep, e.g. 4,8 (0: none).")
+    ] = None,
+    instances: Annotated[str | None, typer.Option(help="Instance counts to sweep, e.g. 1,2.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Measured seconds per configuration.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight while measuring.")] = None,
+    api: ApiUrl = DEFAULT_API,
+    as_json: JsonFlag = False,
+) -> None:
+    """Sweep dynamic batching on the idle pool; the best configuration under --p99-ms becomes a new version.
+
+    Follows the run until it ends: a table and a chart of throughput against
+    p99 per configuration, then the version written (exit 1 when none met the
+    objective or the run failed).
+    """
+    import time
+
+    from controlplane.domain.tuning import Trial
+    from controlplane.tuning.report import chart, ratios, table
+
+    def numbers(option: str, value: str) -> list[int]:
+        try:
+            return [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            fail(f"{option} takes comma-separated whole numbers, got {value!r}")
+
+    body: dict[str, Any] = {"p99_ms": p99_ms}
+    for key, option, given in (
+        ("delays_us", "--delays", delays),
+        ("preferred_batch_sizes", "--batch-sizes", batch_sizes),
+        ("instance_counts", "--instances", instances),
+    ):
+        if given is not None:
+            body[key] = numbers(option, given)
+    for key, value in (("version", version), ("seconds_per_config", seconds), ("concurrency", concurrency)):
+        if value is not None:
+            body[key] = value
+    run = _request("POST", api, f"/v1/models/{model}/tune", json=body)
+    if not as_json:
+        typer.echo(
+            f"tuning {run['model']} v{run['version']} on pool {run['pool']} (run {run['id']}): the default "
+            f"configuration, then {run['planned']} others, {run['settings']['seconds_per_config']:g} s each"
+        )
+    seen = 0
+    while True:
+        for data in run["trials"][seen:] if not as_json else []:
+            measured = data.get("measurement")
+            figures = (
+                f"{measured['throughput_rps']:.1f} req/s, p99 {measured['p99_ms'] or 0:.2f} ms, "
+                f"{measured['errors']} errors"
+                if measured
+                else f"not loaded: {data.get('failure')}"
+            )
+            typer.echo(f"  #{data['index']} {data['description']}: {figures}")
+        seen = len(run["trials"])
+        if run["state"] != "running":
+            break
+        time.sleep(1.0)
+        run = _request("GET", api, f"/v1/tunings/{run['id']}")
+    if as_json:
+        _print_json(run)
+        if run["state"] != "succeeded":
+            raise typer.Exit(1)
+        return
+    trials = [Trial.from_dict(t) for t in run["trials"]]
+    best = Trial.from_dict(run["best"]) if run["best"] else None
+    typer.echo("")
+    for line in table(trials, p99_ms=run["objective_p99_ms"], best=best):
+        typer.echo(line)
+    typer.echo("")
+    for line in chart(trials, p99_ms=run["objective_p99_ms"], best=best):
+        typer.echo(line)
+    typer.echo("")
+    if run["state"] != "succeeded" or best is None:
+        error = run.get("error") or {}
+        fail(f"{error.get('message', 'the tuning run failed')} ({error.get('code', run['state'])})")
+    baseline = next((t for t in trials if t.baseline), None)
+    typer.echo(f"best: #{best.index} {best.config.describe()}: {ratios(best, baseline)}")
+    if not run["version_created"]:
+        typer.echo(f"{run['model']}: {run['phase']}")
+        return
+    typer.echo(
+        f"wrote {run['model']} version {run['new_version']} (tuned from v{run['version']}); "
+        f"roll it out with `controlplane rollout start {run['model']} {run['new_version']}`"
+    )
 
 
 # -- pools ---------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import random
 import re
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -62,7 +62,9 @@ def accepted_request_id(value: str | None) -> str:
     """The client's request id if it is a short token, otherwise a new one."""
     if value is not None and _CLIENT_REQUEST_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    # Not uuid4: os.urandom releases the GIL, and the event loop then waits for a worker thread to give it
+    # back. An id needs to be unique, not secret; random is reseeded in a forked child.
+    return f"{random.getrandbits(128):032x}"
 
 
 def request_id_headers() -> dict[str, str]:

@@ -25,6 +25,7 @@ from controlplane.api.routes_models import models_router
 from controlplane.api.routes_pools import pools_router
 from controlplane.api.routes_signatures import signatures_router
 from controlplane.api.routes_traffic import traffic_router
+from controlplane.api.routes_tuning import tuning_router
 from controlplane.api.routes_webhooks import webhooks_router
 from controlplane.api.routes_whoami import whoami_router
 from controlplane.registry.db import Database
@@ -38,6 +39,7 @@ from controlplane.services.registry import Registry
 from controlplane.services.signing import Signing
 from controlplane.services.traffic_monitor import TrafficMonitor
 from controlplane.services.webhooks import Webhooks
+from controlplane.tuning.tuner import Tuner
 
 # Routes that stream their own (larger) bodies; every other body is JSON under ApiLimits.max_json_bytes.
 UPLOAD_ROUTES = (
@@ -65,6 +67,7 @@ class ApiServices:
     aliases: Aliases | None = None
     webhooks: Webhooks | None = None
     traffic: TrafficMonitor | None = None
+    tuner: Tuner | None = None
 
 
 def create_app(
@@ -109,6 +112,8 @@ def create_app(
         app.include_router(webhooks_router(services.webhooks, auth))
     if services.traffic is not None:
         app.include_router(traffic_router(services.traffic, auth))
+    if services.tuner is not None:
+        app.include_router(tuning_router(services.tuner, auth))
     app.include_router(whoami_router(auth))
     app.include_router(
         health_router(

@@ -8,6 +8,7 @@ through ``RefusalRecorder``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
@@ -17,16 +18,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from controlplane.api.console import is_console_path
 from controlplane.api.refusals import RefusalRecorder
-from controlplane.domain.auth import Permission, Role, allows
+from controlplane.domain.auth import Permission, Role, allows, token_hash
 from controlplane.domain.limits import has_control_characters
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
+from controlplane.registry.store import CommitWatch
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `controlplane token create`")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 ANONYMOUS = "anonymous"
+_AUTHENTICATORS = itertools.count()
 CALLER_KEY = "controlplane.caller"
 # Tokens are 47 characters; anything far longer is not one of ours and is not hashed or looked up.
 _MAX_TOKEN_CHARS = 256
@@ -63,6 +66,19 @@ def client_address(scope: Mapping) -> str:
     return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
+def _digest(authorization: str | None) -> tuple[str, str] | tuple[None, str]:
+    """``(reason, "")`` for a header refused as it stands, else ``(None, the token's hash)``."""
+    if authorization is None:
+        return "missing_token", ""
+    scheme, _sep, secret = authorization.strip().partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        return "bad_scheme", ""
+    if len(secret) > _MAX_TOKEN_CHARS or has_control_characters(secret):
+        return "unknown_token", ""
+    return None, token_hash(secret)
+
+
 class Authenticator:
     """Turns the request's bearer token into a caller, or refuses the request."""
 
@@ -78,6 +94,10 @@ class Authenticator:
         self.required = required
         self.open_reads = open_reads
         self.recorder = recorder or RefusalRecorder(db)
+        # Tokens found active are kept (token_store.TOKEN_CACHE) for this authenticator's reads alone:
+        # each mark of its commit watch means something only to that watch.
+        self._commits = CommitWatch(lambda: db.engine)
+        self._scope = f"authenticator-{next(_AUTHENTICATORS)}"
 
     def needs_token(self, *, method: str, path: str, query: Mapping[str, str], has_credentials: bool) -> bool:
         """Whether a request must carry a valid token before anything else happens."""
@@ -89,21 +109,44 @@ class Authenticator:
             return False  # static pages; their data comes from the API with the user's token
         return not (self.open_reads and method in READ_METHODS and not has_credentials)
 
+    def cached(self, authorization: str | None) -> Caller | str | None:
+        """What ``lookup`` answers when that needs no database, else None. Never blocks.
+
+        A header that is missing or malformed, or a token found active within
+        ``token_store.TOKEN_CACHE``'s time (revoked in this process: never).
+        """
+        parsed = _digest(authorization)
+        if parsed[0] is not None:
+            return parsed[0]
+        token = token_store.TOKEN_CACHE.get(self._scope, parsed[1], mark=self._commits.mark())
+        return Caller(token.name, token.role) if token is not None else None
+
+    def freshness(self) -> tuple[int | None, int]:
+        """What a lookup begun now has seen: the commit mark (None: unknown) and the revokes in this process.
+
+        Two lookups with the same freshness give the same answer (without a commit mark: as far as the
+        token cache's time allows). Never blocks.
+        """
+        return self._commits.mark(), token_store.TOKEN_CACHE.generation()
+
     def lookup(self, authorization: str | None) -> Caller | str:
         """The caller whose token this header carries, or the reason it is refused.
 
-        Blocking (database): call it from a worker thread. DatabaseUnavailable propagates.
+        Blocking (database, unless ``cached`` knows): call it from a worker thread.
+        DatabaseUnavailable propagates.
         """
-        if authorization is None:
-            return "missing_token"
-        scheme, _sep, secret = authorization.strip().partition(" ")
-        secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret:
-            return "bad_scheme"
-        if len(secret) > _MAX_TOKEN_CHARS or has_control_characters(secret):
-            return "unknown_token"
-        with self.db.transaction() as session:
-            token = token_store.authenticate(session, secret)
+        reason, digest = _digest(authorization)
+        if reason is not None:
+            return reason
+        cache = token_store.TOKEN_CACHE
+        mark = self._commits.mark()
+        token = cache.get(self._scope, digest, mark=mark)
+        if token is None:
+            generation, read_at = cache.generation(), cache.clock()
+            with self.db.reading() as connection:
+                token = token_store.authenticate_digest(connection, digest)
+            if token is not None:
+                cache.put(self._scope, digest, token, generation=generation, read_at=read_at, mark=mark)
         return Caller(token.name, token.role) if token is not None else "unknown_token"
 
     def refuse(self, scope: Mapping, *, status: int, reason: str, actor: str = ANONYMOUS) -> None:

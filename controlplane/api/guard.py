@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -131,6 +132,9 @@ class RequestGuard:
         self.auth = auth
         self.limits = limits
         self.upload_routes = tuple(upload_routes)
+        # Lookups under way, by Authorization header and freshness: requests with the same token wait for
+        # one instead of each taking a worker thread (a burst of them would hold the event loop's GIL turns).
+        self._lookups: dict[tuple[str, int | None, int], asyncio.Future[Caller | str]] = {}
 
     def _is_upload(self, method: str, path: str) -> bool:
         return any(method == m and pattern.fullmatch(path) for m, pattern in self.upload_routes)
@@ -205,18 +209,40 @@ class RequestGuard:
                 return ANONYMOUS_CALLER
             # An open route with a token (readiness details): a bad token just means anonymous.
             try:
-                found = await anyio.to_thread.run_sync(self.auth.lookup, authorization)
+                found = self.auth.cached(authorization) or await self._lookup(authorization)
             except DatabaseUnavailable:
                 return ANONYMOUS_CALLER
             return found if isinstance(found, Caller) else ANONYMOUS_CALLER
 
-        def check() -> Caller | str:
-            found = self.auth.lookup(authorization)
-            if isinstance(found, str):
-                self.auth.refuse(scope, status=401, reason=found)
-            return found
+        # A token read recently needs no worker thread (and no database): most requests end here.
+        known = self.auth.cached(authorization)
+        if isinstance(known, Caller):
+            return known
+        found = await self._lookup(authorization)
+        if isinstance(found, str):
+            await anyio.to_thread.run_sync(partial(self.auth.refuse, scope, status=401, reason=found))
+        return found
 
-        return await anyio.to_thread.run_sync(check)
+    async def _lookup(self, authorization: str | None) -> Caller | str:
+        """``auth.lookup`` in a worker thread, one at a time per header: the others wait for its answer.
+
+        The lookup is a task of its own, so a request that goes away cancels only its wait.
+        """
+        if authorization is None:
+            return self.auth.lookup(None)  # needs no database
+        # Never joined across a commit or a revoke: a request after one reads after it.
+        key = (authorization, *self.auth.freshness())
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(anyio.to_thread.run_sync(self.auth.lookup, authorization))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(partial(self._lookup_done, key))
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, key: tuple[str, int | None, int], lookup: asyncio.Future[Caller | str]) -> None:
+        del self._lookups[key]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here too: every request waiting for it may have gone
 
     @staticmethod
     async def _read_json_body(pacer: Pacer, receive: Receive, limits: ApiLimits) -> bytes | None:

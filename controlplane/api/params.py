@@ -12,8 +12,11 @@ from controlplane.domain.models import validate_model_name
 from controlplane.errors import InvalidInput, PayloadTooLarge
 
 
-def _valid_model(model: Annotated[str, PathParam(max_length=256)]) -> str:
-    """Every route checks the model name before anything reaches the registry (422 otherwise)."""
+async def _valid_model(model: Annotated[str, PathParam(max_length=256)]) -> str:
+    """Every route checks the model name before anything reaches the registry (422 otherwise).
+
+    A coroutine: FastAPI runs a plain function dependency in a worker thread, a round trip for a regex.
+    """
     return validate_model_name(model)
 
 

@@ -1,23 +1,34 @@
 """Registry endpoints: models, their versions, and pushing a new version."""
 
+import asyncio
+import contextvars
 import math
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from controlplane.api import schemas
-from controlplane.api.auth import Authenticator
+from controlplane.api.auth import Authenticator, Credentials, caller_of
 from controlplane.api.params import ModelParam, VersionParam, receive_upload
-from controlplane.domain.auth import Permission
-from controlplane.domain.limits import MAX_LIST_ITEMS, validate_text
+from controlplane.domain.auth import Permission, allows
+from controlplane.domain.limits import MAX_ID, MAX_LIST_ITEMS, validate_text
 from controlplane.domain.models import VersionMetadata
 from controlplane.domain.version_metadata import MetadataChange
 from controlplane.errors import InvalidInput, UnsupportedMediaType
 from controlplane.services.admission import compare_with_production
-from controlplane.services.registry import Registry
+from controlplane.services.registry import VIEW_CACHE_ENTRIES, LruCache, Registry, VersionView
 from controlplane.services.version_metadata import change_metadata
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+# Threads of the version reads: no more than the database's pool holds connections (SQLAlchemy's default: 5).
+READ_WORKERS = 4
 
 ARCHIVE_TYPES = {
     "application/gzip",
@@ -54,10 +65,99 @@ def _metadata(labels: list[str], metrics: list[str], api_version: str | None) ->
     return VersionMetadata(labels=_pairs(labels, "label"), metrics=parsed_metrics, api_version=api_version)
 
 
+def _may_read(auth: Authenticator) -> Callable[..., Awaitable[str]]:
+    """``auth.require(Permission.READ)`` as a coroutine: a caller the guard let in needs no worker thread.
+
+    Everything else (authentication off, no guard, a refusal, which writes the audit log) is
+    ``auth.require``'s answer, from a worker thread.
+    """
+    check = auth.require(Permission.READ)
+
+    async def dependency(request: Request, credentials: Credentials) -> str:
+        caller = caller_of(request.scope)
+        if (
+            auth.required
+            and caller is not None
+            and caller.role is not None
+            and allows(caller.role, Permission.READ)
+        ):
+            return caller.name
+        return await run_in_threadpool(check, request, credentials)
+
+    return dependency
+
+
+def _shared(registry: Registry, *what: Hashable) -> Hashable | None:
+    """The key under which requests share one read of ``what``: with the commit mark now (None: no mark)."""
+    mark = registry.commits.mark()
+    return (*what, mark) if mark is not None else None
+
+
+def _version_json(view: VersionView) -> bytes:
+    found, comparison = view
+    return schemas.version_json(found, comparison.as_dict() if comparison is not None else None)
+
+
+class RegistryReads:
+    """Worker threads of the version reads: a few of their own rather than the shared pool's forty.
+
+    One core runs Python at a time, so more threads only queue for the GIL, and
+    each one beyond the database's connection pool opens and closes a
+    connection of its own. The thread sees the request's context (its id in
+    the log lines).
+    """
+
+    def __init__(self, workers: int = READ_WORKERS) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="registry-read")
+        self._running: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def run(self, key: Hashable | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in one of the threads; a call with the same ``key`` under way is joined.
+
+        After a commit every request for an answer misses at once: one read serves them all. The key must
+        hold the commit mark taken when the request came, so that no request joins a read begun before a
+        commit it came after; None: not shared.
+        """
+        running = self._running.get(key) if key is not None else None
+        if running is None:
+            call = partial(contextvars.copy_context().run, partial(fn, *args, **kwargs))
+            running = asyncio.get_running_loop().run_in_executor(self._executor, call)
+            if key is not None:
+                self._running[key] = running
+                running.add_done_callback(partial(self._done, key))
+        result: T = await asyncio.shield(running)
+        return result
+
+    def _done(self, key: Hashable, running: asyncio.Future[Any]) -> None:
+        del self._running[key]
+        if not running.cancelled():
+            running.exception()  # retrieved here too: every request waiting for it may have gone
+
+
+class Bodies:
+    """The JSON body of each answer the registry keeps: the same object again, the same bytes again."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._kept: LruCache[Hashable, tuple[object, bytes]] = LruCache(max_entries)
+
+    def of(self, key: Hashable, answer: V, render: Callable[[V], bytes]) -> bytes:
+        """``render(answer)``, or the bytes rendered before for this very object under ``key``."""
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] is answer:
+            return kept[1]
+        body = render(answer)
+        self._kept[key] = (answer, body)  # holding the answer keeps its identity from being reused
+        return body
+
+
 def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: int) -> APIRouter:
     """Routes under /v1/models: list and read models and versions, push a version."""
     router = APIRouter(tags=["registry"])
+    reads = RegistryReads()
+    bodies = Bodies(VIEW_CACHE_ENTRIES)
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
+    # The version reads: the routes a registry serves most often.
+    FastReader = Annotated[str, Depends(_may_read(auth))]
     Publisher = Annotated[str, Depends(auth.require(Permission.PUSH))]
     # Metrics decide promotions (the metric gate), so changing them after the push is a deployer's act.
     Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
@@ -74,14 +174,54 @@ def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: 
     def get_model(model: ModelParam, _actor: Reader) -> schemas.ModelOut:
         return schemas.model_out(registry.get_model(model))
 
+    # The two reads below: an answer read before is given again from the event loop while nothing was
+    # committed since (Registry.unchanged_*), else read in a worker thread. The body is serialised once
+    # (OpenAPI still shows the schema): FastAPI would validate a returned model again.
+
     @router.get("/v1/models/{model}/versions", response_model=list[schemas.VersionSummaryOut])
-    def list_versions(model: ModelParam, _actor: Reader) -> list[schemas.VersionSummaryOut]:
-        return [schemas.version_summary(v) for v in registry.list_versions(model)]
+    async def list_versions(
+        model: ModelParam,
+        _actor: FastReader,
+        limit: Annotated[int, Query(ge=1, le=1000, description="at most this many versions")] = 100,
+        order: Annotated[
+            Literal["asc", "desc"],
+            Query(
+                description="asc: oldest first; desc: newest first (the next page: before=the last number)"
+            ),
+        ] = "asc",
+        after: Annotated[int, Query(ge=0, le=MAX_ID, description="only versions numbered above this")] = 0,
+        before: Annotated[
+            int | None, Query(ge=1, le=MAX_ID, description="only versions numbered below this")
+        ] = None,
+    ) -> Response:
+        """A page of the model's versions (a JSON list), oldest first unless order=desc."""
+        newest_first = order == "desc"
+        page = registry.unchanged_page(
+            model, limit=limit, after=after, before=before, newest_first=newest_first
+        )
+        if page is None:
+            page = await reads.run(
+                _shared(registry, "page", model, limit, after, before, newest_first),
+                registry.list_versions,
+                model,
+                limit=limit,
+                after=after,
+                before=before,
+                newest_first=newest_first,
+            )
+        key = ("page", model, limit, after, before, newest_first)
+        return Response(bodies.of(key, page, schemas.version_summaries_json), media_type="application/json")
 
     @router.get("/v1/models/{model}/versions/{version}", response_model=schemas.VersionOut)
-    def get_version(model: ModelParam, version: VersionParam, _actor: Reader) -> schemas.VersionOut:
-        found = registry.get_version(model, version)
-        return schemas.version_out(found, compatibility(model, version))
+    async def get_version(model: ModelParam, version: VersionParam, _actor: FastReader) -> Response:
+        """The version with its manifest, and its compatibility with the version serving production."""
+        view = registry.unchanged_view(model, version)
+        if view is None:
+            key = _shared(registry, "version", model, version)
+            view = await reads.run(key, registry.version_view, model, version)
+        return Response(
+            bodies.of(("version", model, version), view, _version_json), media_type="application/json"
+        )
 
     @router.patch(
         "/v1/models/{model}/versions/{version}/metadata",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_validator
 
 from controlplane.domain import models as d
 from controlplane.domain.limits import MAX_LIST_ITEMS, has_control_characters
@@ -17,6 +17,7 @@ from controlplane.domain.policy import (
     SignaturePolicy,
     SignatureRecord,
 )
+from controlplane.registry.store import VersionSummary
 from controlplane.services.recycle import PoolStatus, RecycleOutcome
 
 
@@ -235,7 +236,7 @@ def policy_out(own: ModelPolicy | None, effective: SignaturePolicy) -> PolicyOut
     )
 
 
-def version_summary(v: d.ModelVersion) -> VersionSummaryOut:
+def version_summary(v: d.ModelVersion | VersionSummary) -> VersionSummaryOut:
     return VersionSummaryOut(
         model=v.model,
         version=v.number,
@@ -251,11 +252,31 @@ def version_summary(v: d.ModelVersion) -> VersionSummaryOut:
 def version_out(v: d.ModelVersion, compatibility: dict[str, Any] | None = None) -> VersionOut:
     """A version; ``compatibility`` as ``ServingComparison.as_dict()`` (None: nothing serves)."""
     return VersionOut(
-        **version_summary(v).model_dump(),
+        model=v.model,
+        version=v.number,
+        digest=v.digest,
+        state=v.state.value,
+        size_bytes=v.size_bytes,
+        created_at=v.created_at,
+        last_error=v.last_error,
+        metadata=MetadataOut(**v.metadata.as_dict()),
         signature=SignatureOut(**v.signature.as_dict()),
         manifest=[ManifestEntryOut(path=e.path, size=e.size, sha256=e.sha256) for e in v.manifest],
         compatibility=CompatibilityOut(**compatibility) if compatibility is not None else None,
     )
+
+
+_VERSION_SUMMARIES = TypeAdapter(list[VersionSummaryOut])
+
+
+def version_json(v: d.ModelVersion, compatibility: dict[str, Any] | None = None) -> bytes:
+    """``version_out`` as the JSON body of a response (what FastAPI would send for it, done once)."""
+    return version_out(v, compatibility).model_dump_json().encode()
+
+
+def version_summaries_json(versions: list[VersionSummary]) -> bytes:
+    """A JSON list of ``version_summary`` bodies."""
+    return _VERSION_SUMMARIES.dump_json([version_summary(v) for v in versions])
 
 
 def deployment_out(dep: d.Deployment) -> DeploymentOut:

@@ -25,7 +25,6 @@ from controlplane.artifacts.archive import ArchiveLimits, extract_archive, find_
 from controlplane.artifacts.blobs import BlobStore, sha256_file
 from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS, FolderFiles
 from controlplane.artifacts.model_config import ConfigReview, read_signature, review_model_folder
-from controlplane.artifacts.onnx_interface import check_onnx_model
 from controlplane.domain.models import (
     ManifestEntry,
     ModelSignature,
@@ -180,6 +179,10 @@ def _ingest(
             allowed_backends=allowed_backends,
         )
         if review.onnx_model_filename is not None:
+            # Imported on the first push it checks, not at start: the onnx package is tens of MB of
+            # memory that a control plane which never ingests (a restart, a replica) should not hold.
+            from controlplane.artifacts.onnx_interface import check_onnx_model
+
             check_onnx_model(root, source_version_dir, review.onnx_model_filename, review.signature)
         if admit is not None:
             admit(review)

@@ -2,7 +2,7 @@
 
 A pool is changed (folders, loaded models, weights it takes) by at most one
 operation at a time: a rollout of any strategy (a deploy is an inplace
-rollout, a rollback a blue-green one), a reconciler repair or a recycle.
+rollout, a rollback a blue-green one), a reconciler repair, a recycle or a tuning run.
 The operation holds the pool's claim from the transaction that creates it
 to the one that ends it.
 
@@ -36,6 +36,8 @@ class HolderKind(enum.StrEnum):
     REPAIR = "repair"
     RECYCLE = "recycle"
     """A restart of an idle pool's Triton(s) to give back memory; taken over like a repair's."""
+    TUNE = "tune"
+    """A tuning run measuring batching configurations on an idle pool; taken over like a repair's."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from controlplane.errors import DatabaseUnavailable, InsufficientStorage, InvalidData, StaleSchema
 
 log = logging.getLogger(__name__)
+
+# Execution option of the engine behind Database.reading(): its connections only read.
+READ_ONLY_OPTION = "controlplane_read_only"
 
 # The top-level migrations/ folder, installed as this package (see pyproject.toml's package-dir).
 MIGRATIONS_DIR = Path(str(importlib.resources.files("controlplane.migrations")))
@@ -60,6 +63,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY_OPTION, False):
+            # Reads open no transaction: each statement sees the last commit (WAL) without taking or
+            # waiting for a lock; BEGIN IMMEDIATE would queue every reader behind writers and each other.
+            return
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
@@ -79,6 +86,24 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """Driver errors as control-plane errors (see ``Database.transaction``)."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        if "disk is full" in _first_line(exc) or "No space left" in _first_line(exc):
+            raise InsufficientStorage("the disk of the registry database is full") from exc
+        # The driver's text names host, port and database: for the log, not for the client.
+        log.warning("registry database unavailable: %s", _first_line(exc))
+        raise DatabaseUnavailable("the registry database is not available") from exc
+    except DataError as exc:
+        raise InvalidData("a value is out of range or not storable") from exc
+    except OverflowError as exc:
+        # sqlite3 refuses integers beyond 64 bits before SQLAlchemy sees them.
+        raise InvalidData("a number is out of range") from exc
+
+
 class Database:
     """One database: engine, session factory and schema checks."""
 
@@ -86,6 +111,7 @@ class Database:
         self.url = url
         self.engine = engine or make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = self.engine.execution_options(**{READ_ONLY_OPTION: True})
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -97,21 +123,21 @@ class Database:
         """
         session = self._sessions()
         try:
-            with session.begin():
+            with _driver_errors(), session.begin():
                 yield session
-        except (OperationalError, InterfaceError) as exc:
-            if "disk is full" in _first_line(exc) or "No space left" in _first_line(exc):
-                raise InsufficientStorage("the disk of the registry database is full") from exc
-            # The driver's text names host, port and database: for the log, not for the client.
-            log.warning("registry database unavailable: %s", _first_line(exc))
-            raise DatabaseUnavailable("the registry database is not available") from exc
-        except DataError as exc:
-            raise InvalidData("a value is out of range or not storable") from exc
-        except OverflowError as exc:
-            # sqlite3 refuses integers beyond 64 bits before SQLAlchemy sees them.
-            raise InvalidData("a number is out of range") from exc
         finally:
             session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection (no ORM session: less work) for statements that only read; errors as ``transaction``.
+
+        Each statement sees the last commit, as in PostgreSQL's READ COMMITTED:
+        two statements may see different commits. On SQLite no transaction is
+        opened, so a read never waits for a writer; it must not write.
+        """
+        with _driver_errors(), self._reader.connect() as connection:
+            yield connection
 
     def upgrade(self, revision: str = "head") -> None:
         """Migrate the schema up to ``revision``."""

@@ -4,14 +4,38 @@ Version numbers are assigned without races: the model row is locked
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers with
 ``BEGIN IMMEDIATE``), the digest is looked up under that lock (idempotent
 pushes), and only then is the per-model counter incremented.
+
+The version reads the API serves most (``version_head_and_serving``,
+``version_contents``, ``list_version_page``) take a plain connection from
+``Database.reading()`` and select columns, not rows: what can change about a
+version is read every time, what never changes (``VersionContent``) may be
+kept by the caller, checked against the digest read with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, SQLColumnExpression, and_, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    SQLColumnExpression,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -37,6 +61,7 @@ from controlplane.registry.tables import (
     DeploymentRow,
     ManifestRow,
     ModelRow,
+    PoolRow,
     VersionRow,
     as_utc,
     utcnow,
@@ -152,8 +177,259 @@ def get_version(session: Session, model: str, number: int) -> ModelVersion:
     return _version_entity(get_version_row(session, model_row, number), model_row.name)
 
 
+@dataclass(frozen=True)
+class VersionSummary:
+    """A version as a list shows it: everything but its manifest and signature."""
+
+    model: ModelName
+    number: int
+    digest: str
+    state: VersionState
+    metadata: VersionMetadata
+    size_bytes: int
+    created_at: datetime
+    last_error: str | None = None
+
+
+class CommitWatch:
+    """Whether anything was committed to a SQLite registry since a mark, without reading a table.
+
+    ``PRAGMA data_version`` on a connection of its own, which never writes,
+    changes with every commit of any other connection, in this process or
+    another (the CLI, a second control plane). It costs microseconds and
+    never waits: a busy database answers no mark. No mark either for a
+    database that is not a SQLite file (PostgreSQL): callers then read it.
+    Thread-safe.
+    """
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        """``engine`` gives the database's engine when the first mark is asked for (not before)."""
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._opened = False
+        self._connection: sqlite3.Connection | None = None
+
+    def mark(self) -> int | None:
+        """The count of commits seen so far (compare two marks of this watch), or None when unknown."""
+        try:
+            with self._lock:
+                if not self._opened:
+                    self._open()
+                if self._connection is None:
+                    return None
+                return int(self._connection.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+
+    def _open(self) -> None:
+        self._opened = True
+        url = self._engine().url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            # mode=rw: a file that is not there is not created here (this watch then gives no marks).
+            self._connection = sqlite3.connect(
+                f"{Path(url.database).absolute().as_uri()}?mode=rw",
+                uri=True,
+                timeout=0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            weakref.finalize(self, self._connection.close)
+
+
+@dataclass(frozen=True)
+class VersionHead:
+    """What can change about a version (state, metadata, last error), and what names its content."""
+
+    id: int
+    digest: str
+    number: int
+    state: VersionState
+    metadata: VersionMetadata
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class VersionContent:
+    """What never changes about a version once registered: its row's files, interface and origin."""
+
+    id: int
+    digest: str
+    source_version_dir: str
+    signature: ModelSignature
+    size_bytes: int
+    created_at: datetime
+    manifest: tuple[ManifestEntry, ...]
+
+
+def version_entity(model: str, head: VersionHead, content: VersionContent) -> ModelVersion:
+    """The version ``head`` and ``content`` (of the same row) describe."""
+    return ModelVersion(
+        model=ModelName(model),
+        number=head.number,
+        digest=head.digest,
+        state=head.state,
+        source_version_dir=content.source_version_dir,
+        signature=content.signature,
+        metadata=head.metadata,
+        manifest=content.manifest,
+        size_bytes=content.size_bytes,
+        created_at=content.created_at,
+        last_error=head.last_error,
+    )
+
+
+_serving = VersionRow.__table__.alias("serving")
+_live_pool = select(PoolRow.name).order_by(PoolRow.weight.desc(), PoolRow.name).limit(1).scalar_subquery()
+_HEAD_AND_SERVING = (
+    select(
+        VersionRow.id,
+        VersionRow.digest,
+        VersionRow.state,
+        VersionRow.meta,
+        VersionRow.last_error,
+        _serving.c.id,
+        _serving.c.digest,
+        _serving.c.number,
+        _serving.c.state,
+        _serving.c.metadata,
+        _serving.c.last_error,
+    )
+    .select_from(ModelRow)
+    .join(VersionRow, VersionRow.model_id == ModelRow.id)
+    # The live pool as rollout_store.live_pool_of picks it: most weight, ties to the first name.
+    .outerjoin(DeploymentRow, and_(DeploymentRow.model_id == ModelRow.id, DeploymentRow.pool == _live_pool))
+    .outerjoin(_serving, _serving.c.id == DeploymentRow.version_id)
+    .where(ModelRow.name == bindparam("model"), VersionRow.number == bindparam("number"))
+)
+_CONTENTS = select(
+    VersionRow.id,
+    VersionRow.digest,
+    VersionRow.source_version_dir,
+    VersionRow.signature,
+    VersionRow.size_bytes,
+    VersionRow.created_at,
+).where(VersionRow.id.in_(bindparam("ids", expanding=True)))
+_MANIFESTS = (
+    select(ManifestRow.version_id, ManifestRow.path, ManifestRow.size, ManifestRow.sha256)
+    .where(ManifestRow.version_id.in_(bindparam("ids", expanding=True)))
+    .order_by(ManifestRow.version_id, ManifestRow.path)
+)
+
+
+def version_head_and_serving(
+    connection: Connection, model: str, number: int
+) -> tuple[VersionHead, VersionHead | None]:
+    """Version ``number`` of ``model`` and the version the live pool serves of it (None: none), in one query.
+
+    Only what can change and what names the content (``version_contents`` reads that).
+    NotFound as ``get_version``.
+    """
+    row = connection.execute(_HEAD_AND_SERVING, {"model": model, "number": number}).one_or_none()
+    if row is None:
+        _check_model(connection, model)
+        raise NotFound(f"model {model!r} has no version {number}", code="version_not_found")
+    version_id, digest, state, meta, last_error = row[:5]
+    head = VersionHead(
+        id=version_id,
+        digest=digest,
+        number=number,
+        state=VersionState(state),
+        metadata=VersionMetadata.from_dict(meta),
+        last_error=last_error,
+    )
+    serving_id, serving_digest, serving_number, serving_state, serving_meta, serving_error = row[5:]
+    if serving_id is None:
+        return head, None
+    serving = VersionHead(
+        id=serving_id,
+        digest=serving_digest,
+        number=serving_number,
+        state=VersionState(serving_state),
+        metadata=VersionMetadata.from_dict(serving_meta),
+        last_error=serving_error,
+    )
+    return head, serving
+
+
+def version_contents(connection: Connection, ids: Sequence[int]) -> dict[int, VersionContent]:
+    """The content of the versions with these row ids (two queries, whatever their number)."""
+    manifests: dict[int, list[ManifestEntry]] = {i: [] for i in ids}
+    for version_id, path, size, sha256 in connection.execute(_MANIFESTS, {"ids": list(ids)}):
+        manifests[version_id].append(ManifestEntry(path, size, sha256))
+    return {
+        version_id: VersionContent(
+            id=version_id,
+            digest=digest,
+            source_version_dir=version_dir,
+            signature=ModelSignature.from_dict(signature),
+            size_bytes=size,
+            created_at=as_utc(created_at),
+            manifest=tuple(manifests[version_id]),
+        )
+        for version_id, digest, version_dir, signature, size, created_at in connection.execute(
+            _CONTENTS, {"ids": list(ids)}
+        )
+    }
+
+
+def _check_model(connection: Connection, name: str) -> None:
+    """NotFound (``model_not_found``) unless model ``name`` exists."""
+    if connection.execute(select(ModelRow.id).where(ModelRow.name == name)).first() is None:
+        raise NotFound(f"model {name!r} does not exist", code="model_not_found")
+
+
+def list_version_page(
+    connection: Connection,
+    model: str,
+    *,
+    limit: int = 100,
+    after: int = 0,
+    before: int | None = None,
+    newest_first: bool = False,
+) -> list[VersionSummary]:
+    """At most ``limit`` versions of ``model`` numbered above ``after`` (and below ``before``).
+
+    Oldest first, or with ``newest_first`` newest first (the next page: ``before`` the last number seen).
+    One indexed range read of the (model, number) key, whatever the length of the history.
+    NotFound when the model does not exist.
+    """
+    query = (
+        select(
+            VersionRow.number,
+            VersionRow.digest,
+            VersionRow.state,
+            VersionRow.meta,
+            VersionRow.size_bytes,
+            VersionRow.created_at,
+            VersionRow.last_error,
+        )
+        .join(ModelRow, ModelRow.id == VersionRow.model_id)
+        .where(ModelRow.name == model, VersionRow.number > after)
+    )
+    if before is not None:
+        query = query.where(VersionRow.number < before)
+    order = VersionRow.number.desc() if newest_first else VersionRow.number.asc()
+    rows = connection.execute(query.order_by(order).limit(limit)).all()
+    if not rows:
+        _check_model(connection, model)  # else an empty page
+    name = ModelName(model)
+    return [
+        VersionSummary(
+            model=name,
+            number=number,
+            digest=digest,
+            state=VersionState(state),
+            metadata=VersionMetadata.from_dict(meta),
+            size_bytes=size,
+            created_at=as_utc(created_at),
+            last_error=last_error,
+        )
+        for number, digest, state, meta, size, created_at, last_error in rows
+    ]
+
+
 def list_versions(session: Session, model: str) -> list[ModelVersion]:
-    """All versions of a model, oldest first."""
+    """All versions of a model, oldest first, with their manifests (the API pages: ``list_version_page``)."""
     model_row = get_model_row(session, model)
     rows = session.execute(
         select(VersionRow)

@@ -59,6 +59,7 @@ from controlplane.traffic.router import HAProxyRouter
 from controlplane.triton.client import TritonClient
 from controlplane.triton.metrics import TritonMetricsClient
 from controlplane.triton.replicas import ReplicatedTriton
+from controlplane.tuning.tuner import Tuner
 
 
 class StackPool(Protocol):
@@ -125,6 +126,7 @@ class Services:
     webhooks: Webhooks
     webhook_delivery: WebhookDelivery
     traffic: TrafficMonitor
+    tuner: Tuner
     # The pools' weights the registry held at start, which the proxy was set to.
     initial_weights: dict[str, int] = field(default_factory=dict)
 
@@ -132,6 +134,7 @@ class Services:
         """Stop the rollout workers (their state stays in the database) and the lease keeper."""
         # A reconciler loop waiting out its interval sees the stop at once.
         self.reconciler.wake()
+        self.tuner.stop()
         self.engine.stop()
         self.webhook_delivery.stop()
         self.claims.close()
@@ -151,6 +154,7 @@ def api_services(services: Services) -> ApiServices:
         aliases=services.aliases,
         webhooks=services.webhooks,
         traffic=services.traffic,
+        tuner=services.tuner,
     )
 
 
@@ -280,6 +284,16 @@ def build_services(
         webhooks=Webhooks(db=db, targets=targets),
         webhook_delivery=webhook_delivery(settings, db, targets),
         traffic=traffic_monitor(db, tuple(stack.pools), sampler, router),
+        tuner=Tuner(
+            db=db,
+            pools=pools,
+            endpoints={name: p.grpc_urls for name, p in stack.pools.items()},
+            claims=claims,
+            blobs=blobs,
+            registry=registry,
+            work_dir=settings.uploads_dir,
+            load_timeout=settings.load_timeout_seconds,
+        ),
         initial_weights=dict(initial_weights or {}),
     )
 

@@ -20,6 +20,7 @@ from controlplane.artifacts.blobs import BlobStore
 from controlplane.claims import ALL_KINDS, PoolClaims, patiently
 from controlplane.domain.claims import Holder, HolderKind
 from controlplane.domain.models import ModelVersion
+from controlplane.domain.tuning import tuned_model_of
 from controlplane.errors import (
     ArtifactCorrupted,
     ModelLoadFailed,
@@ -128,6 +129,9 @@ class PoolRepair:
         ready = pool.triton.ready_anywhere()
         folders = set(pool.repository.live_models())
         for name in sorted((ready | folders) - set(wanted)):
+            if tuned_model_of(name) is not None:
+                changes.append(self._remove_tuning_leftover(pool, name, loaded=name in ready))
+                continue
             if name in folders:
                 self._drift(pool, name, "unexpected_folder", "a model folder that no release names")
             if name in ready:
@@ -167,6 +171,23 @@ class PoolRepair:
             else:
                 changes.append(f"repaired {name} version {version.number} on {pool.name} ({kind}: {detail})")
         return changes
+
+    def _remove_tuning_leftover(self, pool: Pool, name: str, *, loaded: bool) -> str:
+        """Remove what a tuning run left (its control plane died before its cleanup): expected, not drift.
+
+        Only reached once the run's claim is gone, so never under a running tuning run.
+        """
+        log.info("reconcile: removing tuning leftover %s from %s", name, pool.name)
+        uninstall(pool, name)
+        audit.record(
+            self.db,
+            actor="reconciler",
+            action="tune.cleanup",
+            target=f"{pool.name}/{name}",
+            outcome="removed",
+            details={"pool": pool.name, "loaded": loaded},
+        )
+        return f"removed tuning leftover {name} from {pool.name}"
 
     def _model_drift(
         self, pool: Pool, version: ModelVersion, loaded: list[ModelStatus]

@@ -278,6 +278,10 @@ def test_the_compose_stack_serves_rolls_out_rolls_back_survives_and_recycles_wit
         deployed = client.post("/v1/models/mlp/versions/1/deploy")
         checks = client.get("/readyz").json()["checks"]
     assert deployed.status_code == 200, deployed.text
+    # The console ships inside the image and is served without a token on the published API port.
+    console = httpx.get(f"{stack.api}/ui/", timeout=30)
+    assert console.status_code == 200 and '<div id="app"' in console.text
+    assert "script-src 'self'" in console.headers["content-security-policy"]
     replicas = sorted(name for name in checks if name.startswith("triton:"))
     assert replicas == [
         "triton:blue:triton-blue",

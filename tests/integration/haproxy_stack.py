@@ -133,6 +133,20 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
         proc.wait(timeout=5)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 10) -> None:
+    """SIGTERM to every process first, then wait for each; SIGKILL what is still there after ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     """The last lines of a log file, for failure messages."""
     try:
@@ -376,10 +390,11 @@ def running_stack(
     finally:
         if haproxy is not None:
             stop(haproxy)
-        for triton in tritons.values():
-            stubs = descendants(triton.proc.pid) if triton.proc.poll() is None else []
-            stop(triton.proc)
-            kill_pids(stubs + triton.children)
+        stubs = {n: descendants(t.proc.pid) if t.proc.poll() is None else [] for n, t in tritons.items()}
+        # Side by side: each server takes seconds to unload its models and exit.
+        stop_all([triton.proc for triton in tritons.values()])
+        for name, triton in tritons.items():
+            kill_pids(stubs[name] + triton.children)
         for leftover in Path("/dev/shm").glob(f"{shm_prefix}*"):
             leftover.unlink(missing_ok=True)
         shutil.rmtree(sockdir, ignore_errors=True)

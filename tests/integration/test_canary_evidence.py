@@ -207,6 +207,7 @@ def test_a_canary_without_client_traffic_holds_then_rolls_back_saying_why(env: E
     )
 
 
+@pytest.mark.exclusive
 def test_a_canary_slower_than_the_baseline_but_under_the_absolute_gate_is_rolled_back_by_the_ratio(
     env: Env,
 ) -> None:
@@ -297,6 +298,7 @@ def _switch_to(env: Env, version: int, warmup_requests: int) -> Rollout:
     return done
 
 
+@pytest.mark.exclusive
 def test_a_warm_up_spares_the_first_client_requests_the_candidates_cold_start(env: Env) -> None:
     with Probe(env.grpc_url, env.outputs) as probe:
         time.sleep(1.0)

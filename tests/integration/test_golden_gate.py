@@ -97,6 +97,20 @@ def triton_statistics(env: Env, pool: str, version: int) -> dict[str, int]:
     }
 
 
+def settled_statistics(env: Env, pool: str, version: int, *, rows: int, timeout: float = 5) -> dict[str, int]:
+    """``triton_statistics`` once they count ``rows`` rows or more (or after ``timeout``).
+
+    Triton counts a request after its response went out: on a busy machine
+    the counters of the last one may lag the answer a little.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = triton_statistics(env, pool, version)
+        if stats["rows"] >= rows or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
 def _failure(rollout: Rollout) -> Mapping[str, Any]:
     return next(e.measurements for e in rollout.events if e.to_state == RolloutState.FAILED.value)
 
@@ -119,7 +133,7 @@ def test_a_canary_whose_golden_set_fails_never_gets_a_client_request(env: Env) -
         try:
             return checks(rollout, pool)
         finally:
-            observed["statistics"] = triton_statistics(env, pool.name, 2)
+            observed["statistics"] = settled_statistics(env, pool.name, 2, rows=rows + 1)
             observed["weights"] = engine.router.weights()
 
     engine.candidate_checks = observing

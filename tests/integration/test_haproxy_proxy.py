@@ -42,6 +42,7 @@ from haproxy_stack import (
     running_stack,
     start_triton,
     stop,
+    stop_all,
     wait_for,
 )
 from tritonclient.utils import InferenceServerException
@@ -63,6 +64,7 @@ from controlplane.traffic.haproxy_config import ReplicaEndpoint
 from controlplane.traffic.router import HAProxyRouter
 
 pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -511,15 +513,16 @@ def test_two_replicas_per_pool_move_together_and_a_dead_replica_leaves_its_sibli
     finally:
         if haproxy is not None:
             stop(haproxy)
-        for triton in tritons.values():
-            stubs = descendants(triton.proc.pid) if triton.proc.poll() is None else []
-            stop(triton.proc)
-            kill_pids(stubs + triton.children)
+        stubs = {n: descendants(t.proc.pid) if t.proc.poll() is None else [] for n, t in tritons.items()}
+        stop_all([triton.proc for triton in tritons.values()])
+        for name, triton in tritons.items():
+            kill_pids(stubs[name] + triton.children)
         for leftover in Path("/dev/shm").glob(f"{shm}*"):
             leftover.unlink(missing_ok=True)
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
+@pytest.mark.exclusive
 def test_kill_9_of_the_weighted_pool_fails_no_request_and_it_returns_only_once_healthy(stack: Stack) -> None:
     # Green stays warm at weight 0 with the same model, as the rollout engine keeps it.
     for triton in stack.tritons.values():

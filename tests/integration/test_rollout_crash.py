@@ -164,6 +164,7 @@ def _live_weights(stack: Stack) -> dict[str, int]:
     return weights
 
 
+@pytest.mark.exclusive
 def test_a_killed_serving_triton_fails_only_requests_in_flight_and_comes_back(deployed: Stack) -> None:
     stack = deployed
     assert _live_weights(stack) == {"blue": 100, "green": 0}, "blue is the Triton that serves"

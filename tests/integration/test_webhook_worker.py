@@ -132,6 +132,7 @@ def test_a_subscription_limited_to_a_model_gets_only_that_models_events(
     assert receiver.event_ids() == mine
 
 
+@pytest.mark.exclusive
 def test_a_failing_receiver_gets_retries_with_growing_gaps_then_the_subscription_is_disabled_and_audited(
     database: Database,
 ) -> None:

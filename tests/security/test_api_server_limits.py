@@ -136,6 +136,7 @@ def test_an_upload_trickling_one_byte_per_second_is_cut_with_408(api: ApiServer)
     assert list(Path(api.settings.uploads_dir).glob("*")) == []
 
 
+@pytest.mark.exclusive
 def test_fifty_idle_connections_do_not_delay_healthz(api: ApiServer) -> None:
     idle = [connect(api) for _ in range(50)]
     try:

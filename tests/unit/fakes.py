@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
+from registry_template import migrated_sqlite
 
 from controlplane.artifacts.archive import ArchiveLimits, pack_directory
 from controlplane.artifacts.blobs import BlobStore
@@ -466,8 +467,7 @@ def build_world(root: Path, pool_names: tuple[str, ...] = ("blue", "green")) -> 
 
     The first pool has all traffic (as on a first start); nothing is pushed yet.
     """
-    db = Database(f"sqlite:///{root / 'registry.db'}")
-    db.upgrade()
+    db = migrated_sqlite(root / "registry.db")
     with db.transaction() as session:
         rollout_store.ensure_pools(session, pool_names)
         weights = rollout_store.pool_weights(session)

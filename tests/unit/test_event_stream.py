@@ -271,10 +271,11 @@ def test_the_cli_lists_events_and_follows_new_ones(served: Served, monkeypatch: 
     monkeypatch.setenv("CONTROLPLANE_TOKEN", served.tokens[Role.VIEWER])
     base = served.latest()
     served.record("push", "deploy")
-    later = threading.Timer(0.3, served.record, args=("alias.set", "rollout.create", "ignored"))
-    later.start()
 
     listed = CliRunner().invoke(cli.app, ["events", "--after", str(base), "--api", served.url])
+    # Recorded while the follow below waits (only after the listing, however long a busy machine takes).
+    later = threading.Timer(0.3, served.record, args=("alias.set", "rollout.create", "ignored"))
+    later.start()
     followed = CliRunner().invoke(
         cli.app,
         ["events", "--follow", "--after", str(base + 1), "--count", "3", "--json", "--api", served.url],

@@ -12,7 +12,7 @@ async function loadModel(name) {
   const base = `/v1/models/${seg(name)}`;
   const [model, versions, aliases, rollouts] = await Promise.all([
     api(base),
-    api(`${base}/versions`),
+    api(`${base}/versions?order=desc&limit=100`),
     api(`${base}/aliases`).catch(() => []),
     api("/v1/rollouts").catch(() => []),
   ]);
