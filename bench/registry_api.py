@@ -29,9 +29,11 @@ Then (unless ``--no-rollout``) the API and the control loop share a process
 as in ``controlplane up``: the stack (two real tritonservers, HAProxy), the
 rollout engine and the API served by uvicorn in a thread, with versions 1 and
 2 of the example model. Canary rollouts (steps 10, 50, 100 %, 3 s each) move
-production back and forth, each with the API idle and with ``wrk`` on the
-version GET (c=16), alternating which comes first; printed: each step's
-duration, start to success, and what the API served meanwhile.
+production back and forth, each with the API idle, with ``wrk`` on the
+version GET (c=16), and with the same ``wrk`` load on a bare server in
+another process (the baseline: what the machine's share alone costs a
+rollout), alternating the order; printed: each step's duration, start to
+success, and what the load got meanwhile.
 
 Each measurement: ``--warmup`` seconds of load not counted, then
 ``--seconds`` measured, at each of ``--connections`` (2 wrk threads), for
@@ -58,7 +60,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +166,7 @@ def serve_api(state_dir: str, port: int) -> None:
 
     from controlplane.api.app import ApiServices, create_app
     from controlplane.api.auth import Authenticator
-    from controlplane.api.server import server_config
+    from controlplane.api.server import freeze_startup_heap, server_config
     from controlplane.artifacts.archive import ArchiveLimits
     from controlplane.artifacts.blobs import BlobStore
     from controlplane.registry.db import Database
@@ -191,7 +193,9 @@ def serve_api(state_dir: str, port: int) -> None:
         max_upload_bytes=settings.max_upload_bytes,
         auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
     )
-    uvicorn.Server(server_config(app, settings)).run()
+    server = uvicorn.Server(server_config(app, settings))
+    freeze_startup_heap()
+    server.run()
 
 
 def serve_bare(port: int, bodies: dict[str, bytes]) -> None:
@@ -346,7 +350,17 @@ def answer_seconds(url: str, token: str) -> float:
 
 
 def settle(url: str, token: str, *, within: float = 1.0, limit: float = 300.0) -> None:
-    """Wait until one request to ``url`` is answered within ``within`` seconds again (at most ``limit``).
+    """Wait until one GET of ``url`` is answered within ``within`` seconds again (at most ``limit``)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    settle_with(
+        lambda timeout: httpx.get(url, headers=headers, timeout=timeout), url, within=within, limit=limit
+    )
+
+
+def settle_with(
+    request: Callable[[float], object], what: str, *, within: float = 1.0, limit: float = 300.0
+) -> None:
+    """Wait until ``request(timeout)`` returns within ``within`` seconds again (at most ``limit``).
 
     A server that fell behind still works on the requests of connections wrk
     closed; the next measurement must not pay for them.
@@ -355,13 +369,13 @@ def settle(url: str, token: str, *, within: float = 1.0, limit: float = 300.0) -
     while time.monotonic() < deadline:
         started = time.monotonic()
         try:
-            httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=limit)
+            request(limit)
         except httpx.TransportError:
             time.sleep(within)
             continue
         if time.monotonic() - started < within:
             return
-    print(f"  (the server still answered {url} slowly after {limit:.0f} s)", flush=True)
+    print(f"  (the server still answered {what} slowly after {limit:.0f} s)", flush=True)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -503,6 +517,7 @@ class StepTiming:
     """One canary rollout: how long each step and the whole took, and the API load meanwhile."""
 
     label: str
+    target: int
     steps: list[float]
     total: float
     load: Load | None
@@ -520,7 +535,7 @@ def bench_rollout(wrk: str, script: Path, args: argparse.Namespace) -> list[Step
 
     from controlplane.api.app import create_app
     from controlplane.api.auth import Authenticator
-    from controlplane.api.server import server_config
+    from controlplane.api.server import freeze_startup_heap, server_config
     from controlplane.artifacts.archive import pack_directory
     from controlplane.domain.analysis import Gates
     from controlplane.domain.auth import Role
@@ -558,14 +573,25 @@ def bench_rollout(wrk: str, script: Path, args: argparse.Namespace) -> list[Step
                 ),
             )
             server = uvicorn.Server(server_config(app, settings))
+            freeze_startup_heap()
             thread = threading.Thread(target=server.run, name="api", daemon=True)
             thread.start()
+            bare_process = None
             try:
                 url = f"http://{settings.host}:{api_port}/v1/models/{MODEL}/versions/2"
-                wait_ready(url, {"Authorization": f"Bearer {token}"}, None)
+                headers = {"Authorization": f"Bearer {token}"}
+                wait_ready(url, headers, None)
+                # The control: the same load on the same machine, served by another process.
+                (bare_port,) = free_ports(1)
+                body = httpx.get(url, headers=headers, timeout=60).content
+                bare_process = start(serve_bare, bare_port, {"/version": body})
+                elsewhere = f"http://127.0.0.1:{bare_port}/version"
+                wait_ready(elsewhere, {}, bare_process)
+                loads = {"API idle": None, "API under load": url, "load elsewhere": elsewhere}
                 target = 2
                 for round_ in range(args.rounds):
-                    for loaded in (False, True) if round_ % 2 == 0 else (True, False):
+                    order = list(loads) if round_ % 2 == 0 else list(reversed(loads))
+                    for condition in order:
                         spec = RolloutSpec(
                             MODEL,
                             target,
@@ -575,9 +601,10 @@ def bench_rollout(wrk: str, script: Path, args: argparse.Namespace) -> list[Step
                             1.0,
                             Gates(min_requests=0),
                         ).validate()
+                        load_url = loads[condition]
                         load: subprocess.Popen[str] | None = None
-                        if loaded:
-                            load = start_wrk(wrk, script, url, token=token, connections=16, seconds=600)
+                        if load_url is not None:
+                            load = start_wrk(wrk, script, load_url, token=token, connections=16, seconds=600)
                             time.sleep(args.warmup)
                         started = time.time()
                         rollout = services.engine.wait(services.engine.start(spec, actor="bench").id, 600)
@@ -585,7 +612,8 @@ def bench_rollout(wrk: str, script: Path, args: argparse.Namespace) -> list[Step
                         assert rollout.state is RolloutState.SUCCEEDED, rollout.reason
                         timings.append(
                             StepTiming(
-                                label=f"v{target} {'under load' if loaded else 'API idle'}",
+                                label=condition,
+                                target=target,
                                 steps=step_durations(rollout.events),
                                 total=ended - started,
                                 load=stop_wrk(load) if load is not None else None,
@@ -596,6 +624,8 @@ def bench_rollout(wrk: str, script: Path, args: argparse.Namespace) -> list[Step
             finally:
                 server.should_exit = True
                 thread.join(10)
+                if bare_process is not None:
+                    stop(bare_process)
     return timings
 
 
@@ -632,17 +662,18 @@ def stop_wrk(process: subprocess.Popen[str]) -> Load:
 def report_rollout(timings: list[StepTiming]) -> None:
     steps = ", ".join(f"{p}%" for p in ROLLOUT_STEPS)
     print(
-        f"rollout step timing: canary {steps}, {ROLLOUT_STEP_SECONDS:g} s per step, with the API in the same "
-        "process idle, then under wrk (c=16, GET version)"
+        f"rollout step timing: canary {steps}, {ROLLOUT_STEP_SECONDS:g} s per step; the API in the same "
+        "process idle, under wrk (c=16, GET version), and the same wrk load on another process (the "
+        "machine's share, the baseline of the load)"
     )
     for t in timings:
         figures = ", ".join(f"{d:5.2f}" for d in t.steps)
-        load = f"  API {t.load.rps:.0f} req/s, p99 {t.load.p99_ms:.1f} ms" if t.load is not None else ""
-        print(f"  {t.label:<16} steps {figures} s  start -> succeeded {t.total:6.2f} s{load}")
-    for label in ("API idle", "under load"):
-        mine = [d for t in timings if t.label.endswith(label) for d in t.steps]
+        load = f"  load {t.load.rps:.0f} req/s, p99 {t.load.p99_ms:.1f} ms" if t.load is not None else ""
+        print(f"  v{t.target} {t.label:<15} steps {figures} s  start -> succeeded {t.total:6.2f} s{load}")
+    for label in ("API idle", "API under load", "load elsewhere"):
+        mine = [d for t in timings if t.label == label for d in t.steps]
         if mine:
-            print(f"  {label:<16} mean step {sum(mine) / len(mine):.2f} s, longest {max(mine):.2f} s")
+            print(f"  {label:<15} mean step {sum(mine) / len(mine):.2f} s, longest {max(mine):.2f} s")
 
 
 def main() -> None:

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=1, le=65535, description="Triton gRPC through the proxy.")
     http_port: int = Field(default=8002, ge=1, le=65535, description="Triton HTTP through the proxy.")
     pools: str = Field(default="blue,green", description="Comma-separated Triton pool names.")
+    proxy_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="HAProxy threads; default one per four CPUs this process may use, at least one "
+        "(the proxy shares the machine with Triton: on 2 cores one thread serves more than two).",
+    )
     pool_replicas: int = Field(
         default=1,
         ge=1,

@@ -15,13 +15,14 @@ from controlplane.api.auth import Authenticator
 from controlplane.api.console import mount_console
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.guard import ApiLimits, RequestGuard
+from controlplane.api.read_shortcut import VersionReadShortcut
 from controlplane.api.rollouts import rollouts_router
 from controlplane.api.routes_aliases import aliases_router
 from controlplane.api.routes_deploys import deploys_router
 from controlplane.api.routes_events import events_router
 from controlplane.api.routes_golden import golden_router
 from controlplane.api.routes_health import ReadinessCheck, health_router
-from controlplane.api.routes_models import models_router
+from controlplane.api.routes_models import VersionBodies, models_router
 from controlplane.api.routes_pools import pools_router
 from controlplane.api.routes_signatures import signatures_router
 from controlplane.api.routes_traffic import traffic_router
@@ -93,11 +94,18 @@ def create_app(
     auth = auth or Authenticator(services.db)
     app.state.auth = auth
     app.state.limits = limits or ApiLimits()
+    version_bodies = VersionBodies(services.registry)
+    # Added first, so it runs inside the guard: only authenticated callers reach it.
+    app.add_middleware(VersionReadShortcut, kept=version_bodies.unchanged, auth=auth)
     app.add_middleware(RequestGuard, auth=auth, limits=lambda: app.state.limits, upload_routes=UPLOAD_ROUTES)
     # Inclusion order is the order of the OpenAPI paths.
     if services.engine is not None:
         app.include_router(rollouts_router(services.engine, auth, services.aliases))
-    app.include_router(models_router(services.registry, auth, max_upload_bytes=max_upload_bytes))
+    app.include_router(
+        models_router(
+            services.registry, auth, max_upload_bytes=max_upload_bytes, version_bodies=version_bodies
+        )
+    )
     if services.deployer is not None:
         app.include_router(deploys_router(services.deployer, auth))
     if services.recycler is not None:

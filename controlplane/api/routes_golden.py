@@ -53,8 +53,8 @@ def golden_out(record: GoldenRecord) -> GoldenOut:
 
 def _publisher_or_deployer(auth: Authenticator) -> Callable[..., str]:
     """A dependency: the caller's name if its role may push versions or deploy them."""
-    push = auth.require(Permission.PUSH)
-    deploy = auth.require(Permission.DEPLOY)
+    push = auth.check(Permission.PUSH)
+    deploy = auth.check(Permission.DEPLOY)
 
     def dependency(request: Request, credentials: Credentials) -> str:
         caller = caller_of(request.scope)

@@ -3,7 +3,7 @@
 import asyncio
 import contextvars
 import math
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
@@ -13,9 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from controlplane.api import schemas
-from controlplane.api.auth import Authenticator, Credentials, caller_of
+from controlplane.api.auth import Authenticator
 from controlplane.api.params import ModelParam, VersionParam, receive_upload
-from controlplane.domain.auth import Permission, allows
+from controlplane.domain.auth import Permission
 from controlplane.domain.limits import MAX_ID, MAX_LIST_ITEMS, validate_text
 from controlplane.domain.models import VersionMetadata
 from controlplane.domain.version_metadata import MetadataChange
@@ -63,28 +63,6 @@ def _metadata(labels: list[str], metrics: list[str], api_version: str | None) ->
             raise InvalidInput(f"metric {key!r} is not finite", code="invalid_metric")
         parsed_metrics[key] = number
     return VersionMetadata(labels=_pairs(labels, "label"), metrics=parsed_metrics, api_version=api_version)
-
-
-def _may_read(auth: Authenticator) -> Callable[..., Awaitable[str]]:
-    """``auth.require(Permission.READ)`` as a coroutine: a caller the guard let in needs no worker thread.
-
-    Everything else (authentication off, no guard, a refusal, which writes the audit log) is
-    ``auth.require``'s answer, from a worker thread.
-    """
-    check = auth.require(Permission.READ)
-
-    async def dependency(request: Request, credentials: Credentials) -> str:
-        caller = caller_of(request.scope)
-        if (
-            auth.required
-            and caller is not None
-            and caller.role is not None
-            and allows(caller.role, Permission.READ)
-        ):
-            return caller.name
-        return await run_in_threadpool(check, request, credentials)
-
-    return dependency
 
 
 def _shared(registry: Registry, *what: Hashable) -> Hashable | None:
@@ -150,14 +128,40 @@ class Bodies:
         return body
 
 
-def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: int) -> APIRouter:
-    """Routes under /v1/models: list and read models and versions, push a version."""
+class VersionBodies:
+    """The JSON body of each version read, the same bytes again while nothing was committed since."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._bodies = Bodies(VIEW_CACHE_ENTRIES)
+
+    def of(self, model: str, number: int, view: VersionView) -> bytes:
+        """The body of ``view``, rendered once per view."""
+        return self._bodies.of(("version", model, number), view, _version_json)
+
+    def unchanged(self, model: str, number: int) -> bytes | None:
+        """The body of a version read before with nothing committed since, else None. Never waits."""
+        view = self._registry.unchanged_view(model, number)
+        return None if view is None else self.of(model, number, view)
+
+
+def models_router(
+    registry: Registry,
+    auth: Authenticator,
+    *,
+    max_upload_bytes: int,
+    version_bodies: VersionBodies | None = None,
+) -> APIRouter:
+    """Routes under /v1/models: list and read models and versions, push a version.
+
+    ``version_bodies`` keeps the version reads' answers; pass the one a
+    ``VersionReadShortcut`` in front of the app answers from.
+    """
     router = APIRouter(tags=["registry"])
     reads = RegistryReads()
     bodies = Bodies(VIEW_CACHE_ENTRIES)
+    versions = version_bodies or VersionBodies(registry)
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
-    # The version reads: the routes a registry serves most often.
-    FastReader = Annotated[str, Depends(_may_read(auth))]
     Publisher = Annotated[str, Depends(auth.require(Permission.PUSH))]
     # Metrics decide promotions (the metric gate), so changing them after the push is a deployer's act.
     Deployer = Annotated[str, Depends(auth.require(Permission.DEPLOY))]
@@ -181,7 +185,7 @@ def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: 
     @router.get("/v1/models/{model}/versions", response_model=list[schemas.VersionSummaryOut])
     async def list_versions(
         model: ModelParam,
-        _actor: FastReader,
+        _actor: Reader,
         limit: Annotated[int, Query(ge=1, le=1000, description="at most this many versions")] = 100,
         order: Annotated[
             Literal["asc", "desc"],
@@ -213,15 +217,13 @@ def models_router(registry: Registry, auth: Authenticator, *, max_upload_bytes: 
         return Response(bodies.of(key, page, schemas.version_summaries_json), media_type="application/json")
 
     @router.get("/v1/models/{model}/versions/{version}", response_model=schemas.VersionOut)
-    async def get_version(model: ModelParam, version: VersionParam, _actor: FastReader) -> Response:
+    async def get_version(model: ModelParam, version: VersionParam, _actor: Reader) -> Response:
         """The version with its manifest, and its compatibility with the version serving production."""
-        view = registry.unchanged_view(model, version)
-        if view is None:
+        body = versions.unchanged(model, version)
+        if body is None:
             key = _shared(registry, "version", model, version)
-            view = await reads.run(key, registry.version_view, model, version)
-        return Response(
-            bodies.of(("version", model, version), view, _version_json), media_type="application/json"
-        )
+            body = versions.of(model, version, await reads.run(key, registry.version_view, model, version))
+        return Response(body, media_type="application/json")
 
     @router.patch(
         "/v1/models/{model}/versions/{version}/metadata",

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from controlplane.api.auth import ANONYMOUS, Authenticator, Caller, caller_of
 from controlplane.domain.auth import ROLE_PERMISSIONS, Permission, Role
@@ -21,7 +22,7 @@ def whoami_router(auth: Authenticator) -> APIRouter:
     Reader = Annotated[str, Depends(auth.require(Permission.READ))]
 
     @router.get("/v1/whoami", response_model=WhoAmIOut)
-    def whoami(request: Request, _actor: Reader) -> WhoAmIOut:
+    async def whoami(request: Request, _actor: Reader) -> WhoAmIOut:
         """The token's name and role, and the permissions of that role (sorted)."""
         if not auth.required:
             # Authentication is off: every caller may do everything.
@@ -29,7 +30,7 @@ def whoami_router(auth: Authenticator) -> APIRouter:
         caller = caller_of(request.scope)
         if caller is None:
             # No guard in front of this app (the dependency above resolved the token the same way).
-            found = auth.lookup(request.headers.get("authorization"))
+            found = await run_in_threadpool(auth.lookup, request.headers.get("authorization"))
             caller = found if isinstance(found, Caller) else None
         if caller is None or caller.role is None:
             # Only reached with open reads: an anonymous caller may read, nothing more.

@@ -64,13 +64,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from controlplane.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography (~10 MB resident) is imported by the functions that verify: a control plane that
+# checks no signature never loads it.
 
 __all__ = [
     "MAX_SIGNATURE_BYTES",
@@ -92,8 +94,8 @@ MAX_SIGNATURE_BYTES = 32 * 1024 * 1024
 
 _SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 # Fulcio's OIDC issuer extensions: v2 (DER UTF8String) and the deprecated v1 (raw).
-_OID_FULCIO_ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
-_OID_FULCIO_ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
+_OID_FULCIO_ISSUER_V2 = "1.3.6.1.4.1.57264.1.8"
+_OID_FULCIO_ISSUER_V1 = "1.3.6.1.4.1.57264.1.1"
 _MISMATCH_PREFIX = "Signature mismatch: "
 
 
@@ -204,6 +206,9 @@ class TrustedSigners:
 
     def __post_init__(self) -> None:
         for index, pem in enumerate(self.public_keys):
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+
             try:
                 key = serialization.load_pem_public_key(pem)
             except (ValueError, TypeError) as exc:
@@ -214,6 +219,8 @@ class TrustedSigners:
                     "model-signing 1.1.1 verifies no other key type"
                 )
         for index, pem in enumerate(self.certificate_roots):
+            from cryptography import x509
+
             try:
                 x509.load_pem_x509_certificates(pem)
             except ValueError as exc:
@@ -244,12 +251,16 @@ class TrustedSigners:
 
 def public_key_id(public_key_pem: bytes) -> str:
     """Return the hex SHA-256 of the DER SubjectPublicKeyInfo of a PEM public key."""
+    from cryptography.hazmat.primitives import serialization
+
     key = serialization.load_pem_public_key(public_key_pem)
     return _key_id(key)
 
 
 def cert_identities(certificate: x509.Certificate) -> tuple[str, tuple[str, ...]]:
     """Return a certificate's (SHA-256 DER fingerprint hex, SAN values)."""
+    from cryptography.hazmat.primitives import serialization
+
     fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
     return fingerprint, _san_values(certificate)
 
@@ -548,12 +559,16 @@ def _walk(root: Path, prefix: str) -> Iterator[tuple[str, int]]:
 
 
 def _key_id(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
 
 def _pem_hint(key: Any) -> str:
     # model-signing's publicKey.hint: SHA-256 of the re-serialized PEM text.
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(pem).hexdigest()
 
@@ -563,6 +578,8 @@ def _normalize_fingerprint(value: str) -> str:
 
 
 def _san_values(certificate: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -575,6 +592,8 @@ def _san_values(certificate: x509.Certificate) -> tuple[str, ...]:
 
 
 def _leaf_certificate(bundle: Mapping[str, Any]) -> x509.Certificate:
+    from cryptography import x509
+
     material = bundle["verificationMaterial"]
     try:
         if "certificate" in material:
@@ -589,9 +608,11 @@ def _leaf_certificate(bundle: Mapping[str, Any]) -> x509.Certificate:
 
 
 def _fulcio_issuer(certificate: x509.Certificate) -> str | None:
+    from cryptography import x509
+
     for oid, der_wrapped in ((_OID_FULCIO_ISSUER_V2, True), (_OID_FULCIO_ISSUER_V1, False)):
         try:
-            extension = certificate.extensions.get_extension_for_oid(oid)
+            extension = certificate.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
         except x509.ExtensionNotFound:
             continue
         raw = getattr(extension.value, "value", b"")
@@ -627,6 +648,8 @@ def _verify_key(
     resources: Mapping[str, str],
     on_disk: list[str],
 ) -> SignerIdentity:
+    from cryptography.hazmat.primitives import serialization
+
     verifying = _verifying()
     if not trusted.public_keys:
         raise _no_signer(SignatureMethod.KEY)

@@ -8,27 +8,33 @@ SQLite runs every transaction as ``BEGIN IMMEDIATE`` so that two writers queue
 on the database lock instead of failing with "database is locked" half-way;
 PostgreSQL relies on row locks (``SELECT ... FOR UPDATE``) taken by the
 repository functions.
+
+Alembic is imported only to migrate: once loaded it stays resident (~10 MB)
+in a long-running control plane, and the schema check (at start-up and in
+``/readyz``) needs only the revision the database records and the newest one
+in the migration files, both read here without it.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib.resources
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.errors import DatabaseUnavailable, InsufficientStorage, InvalidData, StaleSchema
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ READ_ONLY_OPTION = "controlplane_read_only"
 
 # The top-level migrations/ folder, installed as this package (see pyproject.toml's package-dir).
 MIGRATIONS_DIR = Path(str(importlib.resources.files("controlplane.migrations")))
+# Alembic's bookkeeping table (migrations/env.py keeps Alembic's default name).
+VERSION_TABLE = "alembic_version"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -80,6 +88,8 @@ def _first_line(exc: BaseException) -> str:
 
 def alembic_config(url: str) -> Config:
     """An Alembic configuration pointing at the packaged migrations."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -102,6 +112,39 @@ def _driver_errors() -> Iterator[None]:
     except OverflowError as exc:
         # sqlite3 refuses integers beyond 64 bits before SQLAlchemy sees them.
         raise InvalidData("a number is out of range") from exc
+
+
+def _assigned_revisions(source: str) -> tuple[str | None, tuple[str, ...]]:
+    """A migration file's ``revision`` and its ``down_revision`` (none, one, or a merge's several)."""
+    revision: str | None = None
+    down: tuple[str, ...] = ()
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None):
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        names = {t.id for t in targets if isinstance(t, ast.Name)}
+        if "revision" in names:
+            revision = ast.literal_eval(node.value)
+        elif "down_revision" in names:
+            value = ast.literal_eval(node.value)
+            down = tuple(value) if isinstance(value, list | tuple) else (value,) if value else ()
+    return revision, down
+
+
+@functools.cache
+def _migration_head(versions_dir: Path) -> str:
+    """The one revision no migration file revises: what Alembic calls the head."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in sorted(versions_dir.glob("*.py")):
+        revision, down = _assigned_revisions(path.read_text(encoding="utf-8"))
+        if revision is not None:
+            revisions.add(revision)
+            revised.update(down)
+    heads = sorted(revisions - revised)
+    if len(heads) != 1:
+        raise RuntimeError(f"migrations must have exactly one head, found {heads}")
+    return heads[0]
 
 
 class Database:
@@ -141,6 +184,8 @@ class Database:
 
     def upgrade(self, revision: str = "head") -> None:
         """Migrate the schema up to ``revision``."""
+        from alembic import command
+
         cfg = alembic_config(self.url)
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
@@ -148,23 +193,27 @@ class Database:
 
     def downgrade(self, revision: str) -> None:
         """Migrate the schema down to ``revision``."""
+        from alembic import command
+
         cfg = alembic_config(self.url)
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, revision)
 
     def current_revision(self) -> str | None:
-        """The revision the database is at (None for an empty database)."""
+        """The revision the database is at (None for an empty database), as Alembic records it."""
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            if not inspect(conn).has_table(VERSION_TABLE):
+                return None
+            recorded = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        if len(recorded) > 1:
+            raise RuntimeError(f"the database records several revisions {sorted(recorded)}, expected one")
+        return recorded[0] if recorded else None
 
     @staticmethod
     def head_revision() -> str:
         """The newest revision this code knows."""
-        heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
-        if len(heads) != 1:
-            raise RuntimeError(f"migrations must have exactly one head, found {heads}")
-        return heads[0]
+        return _migration_head(MIGRATIONS_DIR / "versions")
 
     def check_schema(self) -> None:
         """Raise StaleSchema unless the database is at the head revision."""

@@ -18,12 +18,10 @@ import uvicorn
 
 from controlplane.api.app import create_app
 from controlplane.api.auth import Authenticator
-from controlplane.api.server import server_config
+from controlplane.api.server import freeze_startup_heap, server_config
 from controlplane.collector import collect_garbage, run_periodically, sweep_stale_uploads
 from controlplane.domain.gitops import WatchLimits
 from controlplane.errors import ControlPlaneError
-from controlplane.gitops.transports import InProcessTransport
-from controlplane.gitops.watcher import Watcher, open_source
 from controlplane.logs import configure_logging
 from controlplane.registry import token_store
 from controlplane.registry.db import Database
@@ -62,6 +60,10 @@ def _start_watcher(
     watch_path: Path, settings: Settings, services: Services, stop: threading.Event
 ) -> threading.Thread:
     """Follow CONTROLPLANE_WATCH_PATH with this process's registry and engine, until ``stop``."""
+    # Imported here so that a control plane watching nothing never loads the git and YAML readers.
+    from controlplane.gitops.transports import InProcessTransport
+    from controlplane.gitops.watcher import Watcher, open_source
+
     source = open_source(
         watch_path,
         git=settings.watch_git,
@@ -165,6 +167,7 @@ def run_embedded(settings: Settings) -> None:
                 f"state in {settings.state_dir}; started in {time.monotonic() - started:.1f} s; Ctrl-C stops",
                 flush=True,
             )
+            freeze_startup_heap()
             server.run()
     except KeyboardInterrupt:
         pass

@@ -169,8 +169,10 @@ class ExternalStack:
         ports: TritonPorts | None = None,
         initial_weights: Mapping[str, int] | None = None,
         dns_resolver: tuple[str, int] | None = None,
+        proxy_threads: int | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.proxy_threads = proxy_threads
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -233,6 +235,7 @@ class ExternalStack:
             ),
             dns_resolver=self.dns_resolver,
             strip_request_headers=(ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER),
+            threads=self.proxy_threads,
         )
 
     def _write_proxy_config(self) -> None:

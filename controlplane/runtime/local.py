@@ -499,9 +499,11 @@ class LocalStack:
         triton_address: str = DEFAULT_ADDRESS,
         triton_user: str | None = DEFAULT_TRITON_USER,
         pool_replicas: int = 1,
+        proxy_threads: int | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.pool_replicas = pool_replicas
+        self.proxy_threads = proxy_threads
         self.triton_address = triton_address
         self.triton_user_name = triton_user if os.geteuid() == 0 else None
         self.triton_user = lookup_triton_user(self.triton_user_name)
@@ -713,6 +715,7 @@ class LocalStack:
             ),
             # A client never presents Triton's admin key, even one it guessed or stole.
             strip_request_headers=(ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER),
+            threads=self.proxy_threads,
         )
 
     def _start_proxy(self, timeout: float) -> None:

@@ -12,6 +12,7 @@ cannot tell them apart (``ServingStack``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from controlplane.services.webhooks import DeliverySettings, WebhookDelivery, We
 from controlplane.settings import Settings
 from controlplane.staging.repository import PoolRepository
 from controlplane.traffic.haproxy import HAProxyRuntime
+from controlplane.traffic.haproxy_config import proxy_threads_for
 from controlplane.traffic.router import HAProxyRouter
 from controlplane.triton.client import TritonClient
 from controlplane.triton.metrics import TritonMetricsClient
@@ -360,6 +362,7 @@ def make_stack(settings: Settings, pool_names: tuple[str, ...], weights: Mapping
             ),
             initial_weights=weights,
             dns_resolver=_host_port(settings.proxy_dns_resolver) if settings.proxy_dns_resolver else None,
+            proxy_threads=proxy_threads(settings),
         )
     return LocalStack(
         settings.state_dir,
@@ -371,7 +374,15 @@ def make_stack(settings: Settings, pool_names: tuple[str, ...], weights: Mapping
         initial_weights=weights,
         triton_user=settings.triton_user,
         pool_replicas=settings.pool_replicas,
+        proxy_threads=proxy_threads(settings),
     )
+
+
+def proxy_threads(settings: Settings) -> int:
+    """HAProxy's thread count: the setting, else one per four CPUs this process may run on."""
+    if settings.proxy_threads is not None:
+        return settings.proxy_threads
+    return proxy_threads_for(len(os.sched_getaffinity(0)))
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -413,7 +424,8 @@ def local_services(
     services: Services | None = None
     stack: ServingStack | None = None
     try:
-        if settings.auto_migrate:
+        # Alembic is loaded only when there is something to migrate: it would stay resident otherwise.
+        if settings.auto_migrate and db.current_revision() != db.head_revision():
             db.upgrade()
         db.check_schema()
         weights = ensure_pool_rows(db, pool_names)

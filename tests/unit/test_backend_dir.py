@@ -257,6 +257,37 @@ def test_concatenate_feeds_checks_batch_sizes_within_a_request() -> None:
         backend.concatenate_feeds(feeds, ["A", "B"])
 
 
+def test_concatenate_feeds_refuses_requests_whose_types_differ() -> None:
+    # numpy would promote float32 + float64 to float64 and the graph would reject the batch.
+    feeds = [{"X": np.ones((1, 3), np.float32)}, {"X": np.ones((1, 3), np.float64)}]
+    with pytest.raises(backend.BatchingNotPossible):
+        backend.concatenate_feeds(feeds, ["X"])
+
+
+def test_concatenate_feeds_refuses_an_input_without_batch_axis() -> None:
+    feeds = [{"X": np.ones((), np.float32)}, {"X": np.ones((1,), np.float32)}]
+    with pytest.raises(backend.BatchingNotPossible):
+        backend.concatenate_feeds(feeds, ["X"])
+
+
+def test_concatenate_feeds_keeps_request_order_and_sizes() -> None:
+    feeds = [{"A": np.full((n, 2), n, np.int64), "B": np.full((n,), -n, np.int64)} for n in (2, 1, 3)]
+    merged, sizes = backend.concatenate_feeds(feeds, ["A", "B"])
+    assert sizes == [2, 1, 3]
+    np.testing.assert_array_equal(merged["A"][:, 0], [2, 2, 1, 3, 3, 3])
+    np.testing.assert_array_equal(merged["B"], [-2, -2, -1, -3, -3, -3])
+    assert merged["A"].dtype == np.int64
+
+
+def test_split_outputs_hands_out_views_of_the_batch_without_copying() -> None:
+    batch = np.arange(12, dtype=np.float32).reshape(6, 2)
+    parts = backend.split_outputs({"Y": batch}, [2, 0, 4])
+    assert [p["Y"].shape for p in parts] == [(2, 2), (0, 2), (4, 2)]
+    assert all(np.shares_memory(p["Y"], batch) for p in (parts[0], parts[2]))
+    assert all(p["Y"].flags.c_contiguous for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p["Y"] for p in parts]), batch)
+
+
 def test_model_file_path() -> None:
     assert backend.model_file_path("/r/m", "3", {}) == "/r/m/3/model.onnx"
     config = {"default_model_filename": "w.onnx"}

@@ -51,6 +51,7 @@ from controlplane.traffic.haproxy_config import (
     HTTP_ALLOWED_GET,
     HTTP_ALLOWED_POST,
     ReplicaEndpoint,
+    proxy_threads_for,
 )
 from controlplane.traffic.router import HAProxyRouter
 
@@ -177,6 +178,34 @@ def test_grpc_side_speaks_h2_and_checks_health_on_the_http_port() -> None:
         "server green 127.0.0.1:9001 proto h2 weight 0 check check-proto h1 port 9000"
         " inter 500 fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down"
     ) in backend
+
+
+def test_grpc_calls_of_all_clients_share_connections_to_triton_unless_told_otherwise() -> None:
+    assert "http-reuse always" in _section(render_config(_cfg()), f"backend {GRPC_BACKEND}")
+    safe = render_config(_cfg(grpc_connection_reuse="safe"))
+    assert "http-reuse safe" in _section(safe, f"backend {GRPC_BACKEND}")
+    assert not any("http-reuse" in line for line in _section(safe, f"backend {HTTP_BACKEND}"))
+
+
+def test_thread_count_is_haproxys_default_unless_set() -> None:
+    assert not any("nbthread" in line for line in _section(render_config(_cfg()), "global"))
+    assert "nbthread 1" in _section(render_config(_cfg(threads=1)), "global")
+
+
+@pytest.mark.parametrize("threads", [0, 65, True, "2"])
+def test_a_thread_count_haproxy_cannot_run_is_refused(threads: object) -> None:
+    with pytest.raises(ValueError, match="threads"):
+        _cfg(threads=threads)
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (4, 1), (8, 2), (32, 8), (1024, 64)])
+def test_the_proxy_takes_one_thread_per_four_cpus_it_shares_with_triton(cpus: int, threads: int) -> None:
+    assert proxy_threads_for(cpus) == threads
+
+
+def test_an_unknown_connection_reuse_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="grpc_connection_reuse"):
+        _cfg(grpc_connection_reuse="aggressive; nbthread 64")
 
 
 def test_http_side_uses_http_ports_with_same_pool_names_and_weights() -> None:

@@ -22,6 +22,7 @@ modules available there (numpy, onnxruntime, ``triton_python_backend_utils``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -86,35 +87,45 @@ def concatenate_feeds(
     Raises :class:`BatchingNotPossible` when the requests disagree on anything
     but the batch dimension (then they must run one by one).
     """
-    sizes = []
-    for feed in feeds:
-        batch_sizes = {feed[name].shape[0] if feed[name].ndim else -1 for name in input_names}
-        if len(batch_sizes) != 1 or -1 in batch_sizes:
+    # A dynamic batch is many requests of a few rows: numpy checks dtypes and
+    # trailing shapes in C (casting="no" refuses any dtype but the first
+    # request's), so Python only visits each request once per input.
+    if not input_names:
+        raise BatchingNotPossible("a model without inputs has no batch to concatenate")
+    first, *others = input_names
+    try:
+        sizes = [feed[first].shape[0] for feed in feeds]
+    except IndexError:  # a 0-d input has no batch axis
+        raise BatchingNotPossible(f"input {first!r} has no batch dimension") from None
+    for name in others:
+        if [feed[name].shape[0] if feed[name].ndim else -1 for feed in feeds] != sizes:
             raise BatchingNotPossible("inputs of one request disagree on the batch size")
-        sizes.append(batch_sizes.pop())
     merged = {}
     for name in input_names:
         arrays = [feed[name] for feed in feeds]
-        if len({(a.dtype, a.shape[1:]) for a in arrays}) != 1:
-            raise BatchingNotPossible(f"input {name!r} differs in shape or type across requests")
-        merged[name] = np.concatenate(arrays, axis=0)
+        try:
+            merged[name] = np.concatenate(arrays, axis=0, dtype=arrays[0].dtype, casting="no")
+        except (TypeError, ValueError) as exc:
+            raise BatchingNotPossible(f"input {name!r} differs in shape or type across requests") from exc
     return merged, sizes
 
 
 def split_outputs(outputs: dict[str, np.ndarray], sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """Split batched outputs back into one dict per request, by batch sizes.
 
-    Raises :class:`BatchingNotPossible` if an output's first dimension is not
-    the total batch size (a graph that does not keep the batch axis).
+    Each part is a view of the batched output (no copy). Raises
+    :class:`BatchingNotPossible` if an output's first dimension is not the
+    total batch size (a graph that does not keep the batch axis).
     """
-    total = sum(sizes)
-    offsets = np.cumsum(sizes)[:-1]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    total = bounds[-1]
     per_request: list[dict[str, np.ndarray]] = [{} for _ in sizes]
     for name, value in outputs.items():
         if value.ndim == 0 or value.shape[0] != total:
             raise BatchingNotPossible(f"output {name!r} has shape {value.shape}, expected a batch of {total}")
-        for index, part in enumerate(np.split(value, offsets, axis=0)):
-            per_request[index][name] = part
+        # Plain slices: np.split costs several microseconds per part in Python.
+        for part, start, stop in zip(per_request, bounds, bounds[1:], strict=False):
+            part[name] = value[start:stop]
     return per_request
 
 
@@ -156,19 +167,21 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Run all ``requests`` (one dynamic batch) and return one response per request."""
-        feeds: list[dict[str, np.ndarray] | None] = []
         responses: list[Any] = [None] * len(requests)
+        # The readable requests' feeds, and their places in ``requests``.
+        feeds: list[dict[str, np.ndarray]] = []
+        pending: list[int] = []
         for index, request in enumerate(requests):
             try:
                 feeds.append(self._read_inputs(request))
             except Exception as exc:  # noqa: BLE001 - a bad request gets an error response, not a crash
-                feeds.append(None)
                 responses[index] = self._error_response(exc, invalid_arg=True)
+            else:
+                pending.append(index)
 
-        pending = [index for index, feed in enumerate(feeds) if feed is not None]
-        if self._max_batch_size > 0 and len(pending) > 1:
+        if self._max_batch_size > 0 and len(feeds) > 1:
             try:
-                batch_outputs = self._run_batched([feeds[i] for i in pending])  # type: ignore[misc]
+                batch_outputs = self._run_batched(feeds)
             except Exception:  # noqa: BLE001
                 # Fall through to one run per request: the failure then lands
                 # only on the request(s) that cause it.
@@ -178,9 +191,9 @@ class TritonPythonModel:
                     responses[index] = self._response(outputs)
                 return responses
 
-        for index in pending:
+        for index, feed in zip(pending, feeds, strict=True):
             try:
-                outputs = self._run(feeds[index])  # type: ignore[arg-type]
+                outputs = self._run(feed)
             except Exception as exc:  # noqa: BLE001 - becomes this request's error response
                 # onnxruntime says InvalidArgument for bad shapes/types in the
                 # request itself; anything else is the model's or our fault.
@@ -215,7 +228,9 @@ class TritonPythonModel:
 
     def _response(self, outputs: dict[str, np.ndarray]) -> Any:
         try:
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]
+            # No np.ascontiguousarray: the parts are row slices of a C-ordered output, and
+            # the stub makes any other array contiguous itself before it copies it out.
+            tensors = [pb_utils.Tensor(name, value) for name, value in outputs.items()]
         except Exception as exc:  # noqa: BLE001 - becomes this response's error
             # An output numpy type Triton cannot carry fails this response only.
             return self._error_response(exc, invalid_arg=False)
