@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -48,9 +47,12 @@ from pathlib import Path
 
 import numpy as np
 from mlp_models import SHAPES, MlpShape, build_mlp_folder
+from registry_api import WRK_REPORT
+from versus_fastapi import POST_SCRIPT, request_body, run_wrk
 
 from controlplane.artifacts.archive import pack_directory
 from controlplane.domain.models import VersionMetadata
+from controlplane.procfs import PROC, read_stat
 from controlplane.runtime.ports import free_ports
 from controlplane.runtime.wiring import local_services
 from controlplane.settings import Settings
@@ -67,18 +69,6 @@ DEFAULT_POINTS = (
     "medium-grpc-16",
     "medium-grpc-64",
 )
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = io.open("{body}", "rb"):read("*a")
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{{"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %d, "p99_us": %d}}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
 
 
 @dataclass(frozen=True)
@@ -132,13 +122,10 @@ class Run:
 def children(pid: int) -> list[int]:
     """``pid`` and every process below it."""
     parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    for entry in os.listdir(PROC):
+        stat = read_stat(int(entry)) if entry.isdigit() else None
+        if stat is not None:
+            parents.setdefault(stat.ppid, []).append(stat.pid)
     found, queue = [], [pid]
     while queue:
         current = queue.pop()
@@ -181,22 +168,6 @@ def grpc_payload(shape: MlpShape, out: Path) -> Path:
     return out
 
 
-def http_payload(shape: MlpShape, out: Path) -> Path:
-    """The KServe v2 JSON body of the same call."""
-    body = {
-        "inputs": [
-            {
-                "name": "INPUT0",
-                "shape": [1, shape.input_width],
-                "datatype": "FP32",
-                "data": [1.0] * shape.input_width,
-            }
-        ]
-    }
-    out.write_text(json.dumps(body))
-    return out
-
-
 def h2load(
     port: int, payload: Path, connections: int, seconds: float, log: Path
 ) -> tuple[float, list[int], int]:
@@ -221,19 +192,6 @@ def h2load(
             failed_status += 1
     calls = len(ok) + failed_status
     return rps, ok + [10**9] * failed_status, round(data / max(calls, 1))
-
-
-def wrk(
-    port: int, shape: MlpShape, body: Path, script: Path, connections: int, seconds: float
-) -> dict[str, float]:
-    """KServe v2 JSON calls for ``seconds`` (two wrk threads); wrk's summary as printed by ``WRK_SCRIPT``."""
-    command = [
-        "wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s",
-        "-s", str(script),
-        f"http://127.0.0.1:{port}/v2/models/{shape.name}/infer",
-    ]  # fmt: skip
-    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=body.parent).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 # -- the proxies beside the stack's own ----------------------------------------------------------
@@ -364,18 +322,15 @@ def measure(point: Point, target: Target, triton: list[int], work: Path, args: a
             failed = calls  # every call answered without the message a success carries
         quantiles = np.percentile(np.array(latencies, dtype=np.float64), [50, 99]) / 1000
     else:
-        script = work / f"{name}.lua"
-        wrk(target.http_port, point.model, work / f"{name}.json", script, point.connections, args.warmup)
+        url = f"http://127.0.0.1:{target.http_port}/v2/models/{name}/infer"
+        body, script = work / f"{name}.json", work / "post.lua"
+        run_wrk("wrk", script, url, body, connections=point.connections, seconds=args.warmup)
         proxy, before = target.proxy_pids(), cpu_seconds(triton)
         proxy_before = cpu_seconds(proxy)
-        summary = wrk(
-            target.http_port, point.model, work / f"{name}.json", script, point.connections, args.seconds
-        )
+        load = run_wrk("wrk", script, url, body, connections=point.connections, seconds=args.seconds)
         proxy_after, after = cpu_seconds(proxy), cpu_seconds(triton)
-        calls = int(summary["requests"])
-        rps = calls / (summary["duration_us"] / 1e6)
-        failed = int(summary["errors"])
-        quantiles = np.array([summary["p50_us"], summary["p99_us"]]) / 1000
+        calls, rps, failed = load.requests, load.rps, load.errors
+        quantiles = np.array([load.p50_ms, load.p99_ms])
     per_call = 1e6 / max(calls, 1)
     return Run(
         rps=rps,
@@ -450,8 +405,8 @@ def main() -> None:
                 )
                 services.deployer.deploy(shape.name, version.number)
                 grpc_payload(shape, work / f"{shape.name}.grpc")
-                http_payload(shape, work / f"{shape.name}.json")
-                (work / f"{shape.name}.lua").write_text(WRK_SCRIPT.format(body=work / f"{shape.name}.json"))
+                (work / f"{shape.name}.json").write_bytes(request_body(shape))
+            (work / "post.lua").write_text(POST_SCRIPT + WRK_REPORT)
             pool = stack.pools["blue"]
             triton = children(pid_in(pool.pid_file))
             haproxy_pid_file = stack.proxy_dir / "haproxy.pid"

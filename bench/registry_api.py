@@ -288,6 +288,7 @@ class Load:
     p99_ms: float
     errors: int
     bytes_per_call: float
+    requests: int
 
 
 def wrk_command(wrk: str, script: Path, url: str, *, token: str, connections: int, seconds: int) -> list[str]:
@@ -324,6 +325,7 @@ def parse_wrk(out: str) -> Load:
         p99_ms=r["p99_us"] / 1000,
         errors=r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"],
         bytes_per_call=r["bytes"] / calls,
+        requests=r["requests"],
     )
 
 

@@ -198,6 +198,7 @@ def combine(loads: Sequence[Load]) -> Load:
         p99_ms=float(np.median([load.p99_ms for load in loads])),
         errors=sum(load.errors for load in loads),
         bytes_per_call=float(np.mean([load.bytes_per_call for load in loads])),
+        requests=sum(load.requests for load in loads),
     )
 
 

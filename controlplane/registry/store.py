@@ -329,7 +329,16 @@ def version_head_and_serving(
         _check_model(connection, model)
         raise NotFound(f"model {model!r} has no version {number}", code="version_not_found")
     version_id, digest, state, meta, last_error = row[:5]
-    head = VersionHead(
+    head = _version_head(version_id, digest, number, state, meta, last_error)
+    # The serving version's columns, in _version_head's order; all NULL when none serves.
+    serving = row[5:]
+    return head, None if serving[0] is None else _version_head(*serving)
+
+
+def _version_head(
+    version_id: int, digest: str, number: int, state: str, meta: dict[str, Any], last_error: str | None
+) -> VersionHead:
+    return VersionHead(
         id=version_id,
         digest=digest,
         number=number,
@@ -337,18 +346,6 @@ def version_head_and_serving(
         metadata=VersionMetadata.from_dict(meta),
         last_error=last_error,
     )
-    serving_id, serving_digest, serving_number, serving_state, serving_meta, serving_error = row[5:]
-    if serving_id is None:
-        return head, None
-    serving = VersionHead(
-        id=serving_id,
-        digest=serving_digest,
-        number=serving_number,
-        state=VersionState(serving_state),
-        metadata=VersionMetadata.from_dict(serving_meta),
-        last_error=serving_error,
-    )
-    return head, serving
 
 
 def version_contents(connection: Connection, ids: Sequence[int]) -> dict[int, VersionContent]:
