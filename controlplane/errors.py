@@ -179,6 +179,12 @@ class RequestTimeout(ControlPlaneError):
     retryable = True
 
 
+class MigrationFailed(ControlPlaneError):
+    """The schema migration run at start-up did not complete (the database keeps its old revision)."""
+
+    code = "migration_failed"
+
+
 class StartupFailed(ControlPlaneError):
     """A local Triton or HAProxy could not be started (a port taken, a stale process, a bad state file)."""
 

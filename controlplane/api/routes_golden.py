@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from controlplane.api.auth import Authenticator, Credentials, caller_of
 from controlplane.api.params import ModelParam, VersionParam, receive_upload
-from controlplane.artifacts.golden_file import MAX_GOLDEN_BYTES, golden_format
+from controlplane.artifacts.golden_upload import MAX_GOLDEN_BYTES, golden_format
 from controlplane.domain.auth import Permission, allows
-from controlplane.domain.golden import DEFAULT_ATOL, DEFAULT_RTOL, GoldenRecord
+from controlplane.domain.golden_records import DEFAULT_ATOL, DEFAULT_RTOL, GoldenRecord
 from controlplane.services.golden import GoldenSets
 
 

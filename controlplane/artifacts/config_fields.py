@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from tritonclient.grpc import model_config_pb2
+from controlplane.artifacts.protobuf_modules import model_config_pb2
 
 # Re-exported: the checks here default to it, and callers import it from here.
 from controlplane.domain.policy import DEFAULT_ALLOWED_BACKENDS as DEFAULT_ALLOWED_BACKENDS

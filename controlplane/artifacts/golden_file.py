@@ -29,26 +29,18 @@ import re
 import zipfile
 import zlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from controlplane.artifacts.blobs import BlobStore
-from controlplane.domain.golden import (
-    BYTES,
-    NUMPY_TYPES,
-    Array,
-    GoldenFormat,
-    GoldenSet,
-    Tolerance,
-    validate_golden,
-)
+from controlplane.artifacts.golden_upload import MAX_GOLDEN_BYTES
+from controlplane.artifacts.golden_upload import golden_refusal as _refuse
+from controlplane.domain.golden import BYTES, NUMPY_TYPES, Array, GoldenSet, validate_golden
+from controlplane.domain.golden_records import GoldenFormat, Tolerance
 from controlplane.domain.models import ModelSignature
-from controlplane.errors import ArtifactCorrupted, InvalidInput, UnsupportedMediaType
+from controlplane.errors import ArtifactCorrupted
 
-MAX_GOLDEN_BYTES = 64 * 1024**2
-"""Largest golden file accepted (as pushed, attached or stored)."""
 MAX_JSON_BYTES = 16 * 1024**2
 """Largest ``.json`` golden file: parsed into Python objects, it takes many times its size in memory."""
 MAX_UNPACKED_BYTES = 256 * 1024**2
@@ -60,32 +52,6 @@ MAX_JSON_DEPTH = 40
 _MEMBER = re.compile(r"^(inputs|outputs|atol|rtol)/(.+)\.npy$")
 _JSON_SECTIONS = frozenset({"inputs", "outputs", "tolerances", "datatypes"})
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
-
-
-def _refuse(message: str, tensor: str | None = None) -> InvalidInput:
-    return InvalidInput(
-        f"golden set: {message}",
-        code="invalid_golden_set",
-        details={"tensor": tensor} if tensor is not None else None,
-    )
-
-
-def golden_format(*, format_param: str | None, content_type: str) -> GoldenFormat:
-    """The format of an attached file: ``?format=`` if given, else its content type."""
-    if format_param:
-        try:
-            return GoldenFormat(format_param.lower())
-        except ValueError:
-            raise _refuse(f"format {format_param!r} is not one of npz, json") from None
-    kind = content_type.split(";")[0].strip().lower()
-    if kind == "application/json":
-        return GoldenFormat.JSON
-    if kind in ("application/octet-stream", "application/x-npz", "application/zip"):
-        return GoldenFormat.NPZ
-    raise UnsupportedMediaType(
-        f"content type {kind or 'none'!r} is not a golden set: send application/json (.json) or "
-        "application/octet-stream (.npz), or say ?format=npz|json"
-    )
 
 
 def parse_golden(data: bytes, fmt: GoldenFormat, signature: ModelSignature) -> GoldenSet:
@@ -115,14 +81,6 @@ def read_golden_blob(
     if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
         raise ArtifactCorrupted(f"golden set blob {digest} no longer matches its digest")
     return parse_golden(data, fmt, signature)
-
-
-def read_golden_upload(path: Path) -> bytes:
-    """The bytes of an uploaded golden file, refused past the size limit."""
-    size = path.stat().st_size
-    if size > MAX_GOLDEN_BYTES:
-        raise _refuse(f"the file is {size} bytes; the limit is {MAX_GOLDEN_BYTES}")
-    return path.read_bytes()
 
 
 # -- .npz ---------------------------------------------------------------------------------------------

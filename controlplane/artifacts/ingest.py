@@ -179,8 +179,8 @@ def _ingest(
             allowed_backends=allowed_backends,
         )
         if review.onnx_model_filename is not None:
-            # Imported on the first push it checks, not at start: the onnx package is tens of MB of
-            # memory that a control plane which never ingests (a restart, a replica) should not hold.
+            # Imported on the first push it checks, not at start: a control plane that never ingests
+            # (a restart, a replica) need not hold ONNX's schema.
             from controlplane.artifacts.onnx_interface import check_onnx_model
 
             check_onnx_model(root, source_version_dir, review.onnx_model_filename, review.signature)

@@ -6,7 +6,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from controlplane.artifacts.config_fields import (
     DEFAULT_ALLOWED_BACKENDS,
@@ -16,6 +15,7 @@ from controlplane.artifacts.config_fields import (
     check_path_fields,
     code_runners,
 )
+from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.domain.models import ModelSignature, TensorSpec
 from controlplane.errors import InvalidModelConfig
 

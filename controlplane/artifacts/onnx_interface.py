@@ -1,4 +1,4 @@
-"""Read an ONNX model's inputs and outputs (``onnx`` package) and check them against config.pbtxt.
+"""Read an ONNX model's inputs and outputs (ONNX's protobuf schema) and check them against config.pbtxt.
 
 The comparison itself is ``controlplane.domain.interface_check``; this module
 only turns a model file into a :class:`GraphInterface`. The file is parsed
@@ -6,20 +6,30 @@ as a protobuf whatever its name (Triton's backend does the same), and
 external data is never loaded: its ``location`` is taken from the pushed
 file, so reading it would open whatever path the pusher chose. Such a
 location must name a file of the pushed folder, next to the model file.
+
+Only ONNX's generated protobuf schema is loaded (``onnx_ml_pb2``), not the
+``onnx`` package around it, which brings numpy into the control plane's
+process for good.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import onnx
 from google.protobuf.message import DecodeError
 
 from controlplane.artifacts.model_config import DEFAULT_ONNX_FILENAME
+from controlplane.artifacts.protobuf_modules import load_generated
 from controlplane.domain.interface_check import GraphDim, GraphInterface, GraphTensor, check_interface
 from controlplane.domain.models import ModelSignature
 from controlplane.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from onnx import onnx_ml_pb2 as onnx
+else:
+    onnx = load_generated("onnx.onnx_ml_pb2")
 
 _NAME_CHARS = 200
 
@@ -136,7 +146,11 @@ def check_external_data(model: onnx.ModelProto, model_file: Path, folder: Path, 
 def load_model(model_file: Path, path_in_folder: str) -> onnx.ModelProto:
     """Parse ``model_file`` as an ONNX protobuf without its external data; refuse what is not one."""
     try:
-        model = onnx.load(str(model_file), format="protobuf", load_external_data=False)
+        data = model_file.read_bytes()
+        model = onnx.ModelProto()
+        # As onnx.load does: a parse that stops short of the end is not the file.
+        if model.ParseFromString(data) != len(data):
+            raise DecodeError("the protobuf ends before the file does")
     except (DecodeError, ValueError, RecursionError) as exc:
         raise _invalid(path_in_folder, "the file does not parse as an ONNX protobuf") from exc
     if model.ir_version <= 0:

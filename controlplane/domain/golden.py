@@ -18,27 +18,20 @@ Pure rules over arrays: numpy, no I/O.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from controlplane.domain.golden_records import Tolerance
 from controlplane.domain.models import ModelSignature, TensorSpec
 from controlplane.errors import InvalidInput
 
 Array = npt.NDArray[Any]
 
-GOLDEN_FILE_NAMES = ("golden.npz", "golden.json")
-"""Top-level files of a pushed folder that hold its golden set (never staged into Triton's repository)."""
-DEFAULT_ATOL = 1e-5
-"""Absolute tolerance of an output the golden set gives none for."""
-DEFAULT_RTOL = 1e-4
-"""Relative tolerance (of the expected value) of an output the golden set gives none for."""
 MAX_GOLDEN_ROWS = 100_000
 
 BYTES = "BYTES"
@@ -61,45 +54,12 @@ _TEXT_KINDS = frozenset("SUO")
 _NUMBER_KINDS = frozenset("biuf")
 
 
-class GoldenFormat(enum.StrEnum):
-    NPZ = "npz"
-    JSON = "json"
-
-
-class GoldenSource(enum.StrEnum):
-    FOLDER = "folder"
-    """Came in the pushed folder: part of the version's digest and of any signature of it."""
-    ATTACHED = "attached"
-    """Attached after the push; replaceable."""
-
-
-def is_golden_file(path: str) -> bool:
-    """Whether a manifest path (relative to the model folder) is the folder's golden set."""
-    return path in GOLDEN_FILE_NAMES
-
-
-def format_of_file(path: str) -> GoldenFormat:
-    """The format a golden file's name says (``golden.npz`` -> npz)."""
-    return GoldenFormat.NPZ if path.endswith(".npz") else GoldenFormat.JSON
-
-
 def _refuse(message: str, tensor: str | None = None) -> InvalidInput:
     return InvalidInput(
         f"golden set: {message}",
         code="invalid_golden_set",
         details={"tensor": tensor} if tensor is not None else None,
     )
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How far an output may be from the expected value: ``atol + rtol * |expected|``."""
-
-    atol: float = DEFAULT_ATOL
-    rtol: float = DEFAULT_RTOL
-
-    def as_dict(self) -> dict[str, float]:
-        return {"atol": self.atol, "rtol": self.rtol}
 
 
 @dataclass(frozen=True)
@@ -431,26 +391,3 @@ def _larger(a: float | None, b: float | None) -> float | None:
     if a is None or b is None:
         return None
     return max(a, b)
-
-
-# -- what the registry records -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GoldenRecord:
-    """A version's golden set as the registry describes it (the file itself is a blob)."""
-
-    model: str
-    version: int
-    digest: str
-    """SHA-256 of the file: its name in the blob store."""
-    size: int
-    format: GoldenFormat
-    rows: int
-    outputs: Mapping[str, Tolerance]
-    """Every expected output with the tolerance it is judged by."""
-    source: GoldenSource
-    actor: str
-    created_at: datetime
-    signed: bool = False
-    """It came in the folder of a version whose signature was verified (the signature covers it)."""

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.domain.models import ModelSignature
 from controlplane.errors import ControlPlaneError, InvalidInput
 
 TUNING_SUFFIX = "~tune"
@@ -216,6 +217,26 @@ def plan(spec: SweepSpec, *, max_batch_size: int) -> list[BatchingConfig]:
             spec.instance_counts, spec.preferred_batch_sizes, spec.delays_us
         )
     ]
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    """One model version on one Triton gRPC endpoint (``host:port``)."""
+
+    url: str
+    model: str
+    version: int
+    signature: ModelSignature
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """How much load: requests in flight, seconds measured, warm-up seconds before them, per-call timeout."""
+
+    concurrency: int
+    seconds: float
+    warmup_seconds: float = 0.0
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)

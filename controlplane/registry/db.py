@@ -9,10 +9,12 @@ on the database lock instead of failing with "database is locked" half-way;
 PostgreSQL relies on row locks (``SELECT ... FOR UPDATE``) taken by the
 repository functions.
 
-Alembic is imported only to migrate: once loaded it stays resident (~10 MB)
+Alembic is imported only to migrate: once loaded it stays resident (~8 MB)
 in a long-running control plane, and the schema check (at start-up and in
 ``/readyz``) needs only the revision the database records and the newest one
-in the migration files, both read here without it.
+in the migration files, both read here without it. A long-running process
+migrates in a child interpreter (``upgrade_in_child``), so it never loads
+Alembic at all.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import ast
 import functools
 import importlib.resources
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,12 +36,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.errors import DatabaseUnavailable, InsufficientStorage, InvalidData, StaleSchema
+from controlplane.errors import (
+    DatabaseUnavailable,
+    InsufficientStorage,
+    InvalidData,
+    MigrationFailed,
+    StaleSchema,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 log = logging.getLogger(__name__)
+
+MIGRATE_URL_VARIABLE = "CONTROLPLANE_MIGRATE_DATABASE_URL"
+"""Where ``upgrade_in_child`` hands the database URL to ``controlplane.registry.migrate``."""
 
 # Execution option of the engine behind Database.reading(): its connections only read.
 READ_ONLY_OPTION = "controlplane_read_only"
@@ -190,6 +204,28 @@ class Database:
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+
+    def upgrade_in_child(self, revision: str = "head", *, timeout: float = 600.0) -> None:
+        """Migrate as ``upgrade`` does, in a child interpreter; MigrationFailed with its last words.
+
+        The URL travels in the child's environment, not its command line,
+        which any local user can read.
+        """
+        env = {**os.environ, MIGRATE_URL_VARIABLE: self.url}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "controlplane.registry.migrate", revision],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise MigrationFailed(f"the schema migration did not finish in {timeout:.0f} s") from exc
+        if done.returncode != 0:
+            words = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise MigrationFailed(f"the schema migration failed: {words}")
 
     def downgrade(self, revision: str) -> None:
         """Migrate the schema down to ``revision``."""

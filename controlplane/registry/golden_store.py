@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controlplane.domain.golden import GoldenFormat, GoldenRecord, GoldenSource, Tolerance
+from controlplane.domain.golden_records import GoldenFormat, GoldenRecord, GoldenSource, Tolerance
 from controlplane.errors import Conflict
 from controlplane.registry import store
 from controlplane.registry.store import get_model_row, get_version_row

@@ -132,6 +132,10 @@ class ExternalTritonPool:
         return [f"{_bracketed(h)}:{self.ports.grpc}" for h in self.hosts]
 
     @property
+    def http_urls(self) -> list[str]:
+        return [f"http://{_bracketed(h)}:{self.ports.http}" for h in self.hosts]
+
+    @property
     def metrics_urls(self) -> list[str]:
         return [f"http://{_bracketed(h)}:{self.ports.metrics}" for h in self.hosts]
 
@@ -261,7 +265,7 @@ class ExternalStack:
             (
                 (f"triton:{pool.name}:{host}", url, pool.admin_headers)
                 for pool in self.pools.values()
-                for host, url in zip(pool.hosts, pool.grpc_urls, strict=True)
+                for host, url in zip(pool.hosts, pool.http_urls, strict=True)
             ),
             self.runtime,
         )

@@ -232,6 +232,11 @@ class LocalTritonReplica:
         return _host_port(self.address, self.grpc_port)
 
     @property
+    def http_url(self) -> str:
+        """Base URL of this replica's own Triton HTTP API (not the proxy): its control calls go there."""
+        return f"http://{_host_port(self.address, self.http_port)}"
+
+    @property
     def metrics_url(self) -> str:
         """Base URL of this replica's Triton metrics endpoint."""
         return f"http://{_host_port(self.address, self.metrics_port)}"
@@ -310,6 +315,11 @@ class LocalTritonPool:
     def grpc_urls(self) -> list[str]:
         """``host:port`` of each replica's own Triton gRPC (not the proxy), replica 1 first."""
         return [r.grpc_url for r in self.replicas]
+
+    @property
+    def http_urls(self) -> list[str]:
+        """Base URL of each replica's own Triton HTTP API, replica 1 first."""
+        return [r.http_url for r in self.replicas]
 
     @property
     def metrics_urls(self) -> list[str]:
@@ -677,7 +687,7 @@ class LocalStack:
             for replica in pool.replicas:
                 # Files of a replica of several are not in the permissions table: the same mode here.
                 chmod_if_exists(replica.pid_file, 0o600)
-                client = TritonClient(replica.grpc_url, headers=pool.admin_headers)
+                client = TritonClient(replica.http_url, headers=pool.admin_headers)
                 try:
                     client.wait_server_ready(timeout)
                 except TritonUnavailable as exc:
@@ -790,7 +800,7 @@ class LocalStack:
             (
                 (
                     f"triton:{pool.name}" if replica.count == 1 else f"triton:{pool.name}:r{replica.index}",
-                    replica.grpc_url,
+                    replica.http_url,
                     pool.admin_headers,
                 )
                 for pool in self.pools.values()
@@ -838,7 +848,7 @@ class LocalStack:
         that does not answer, or still unloads after ``timeout``, is stopped
         all the same.
         """
-        clients = [TritonClient(url, timeout=2.0, headers=pool.admin_headers) for url in pool.grpc_urls]
+        clients = [TritonClient(url, timeout=2.0, headers=pool.admin_headers) for url in pool.http_urls]
         try:
             indexes = [client.repository_index() for client in clients]
             if any(m.state == "LOADING" for index in indexes for m in index):

@@ -12,7 +12,7 @@ from controlplane.triton.client import TritonClient
 def stack_readiness(
     tritons: Iterable[tuple[str, str, Mapping[str, str]]], runtime: HAProxyRuntime
 ) -> dict[str, str]:
-    """One entry per (check name, gRPC URL, admin headers) and one for the proxy: "ok" or what is wrong."""
+    """One entry per (check name, HTTP URL, admin headers) and one for the proxy: "ok" or what is wrong."""
     checks: dict[str, str] = {}
     for name, url, headers in tritons:
         client = TritonClient(url, timeout=2.0, headers=dict(headers))

@@ -80,6 +80,10 @@ class StackPool(Protocol):
         """Every replica's own gRPC address, replica 1 first (``grpc_url`` is replica 1's)."""
 
     @property
+    def http_urls(self) -> list[str]:
+        """Every replica's own HTTP base URL, where the control plane sends its calls to Triton."""
+
+    @property
     def metrics_urls(self) -> list[str]:
         """Every replica's metrics endpoint, in the same order."""
 
@@ -194,7 +198,7 @@ def build_services(
             name=name,
             repository=p.repository,
             triton=ReplicatedTriton(
-                [TritonClient(url, headers=p.admin_headers) for url in p.grpc_urls],
+                [TritonClient(url, headers=p.admin_headers) for url in p.http_urls],
                 staged_root=p.repository.live,
             ),
         )
@@ -424,9 +428,9 @@ def local_services(
     services: Services | None = None
     stack: ServingStack | None = None
     try:
-        # Alembic is loaded only when there is something to migrate: it would stay resident otherwise.
+        # In a child interpreter: Alembic, once imported, would stay resident in this one.
         if settings.auto_migrate and db.current_revision() != db.head_revision():
-            db.upgrade()
+            db.upgrade_in_child()
         db.check_schema()
         weights = ensure_pool_rows(db, pool_names)
         stack = make_stack(settings, pool_names, weights)

@@ -8,14 +8,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controlplane.artifacts.blobs import BlobStore
-from controlplane.artifacts.golden_file import MAX_GOLDEN_BYTES, parse_golden, read_golden_upload
-from controlplane.domain.golden import (
+from controlplane.artifacts.golden_upload import MAX_GOLDEN_BYTES, read_golden_upload
+from controlplane.domain.golden_records import (
     GOLDEN_FILE_NAMES,
     GoldenFormat,
     GoldenRecord,
-    GoldenSet,
     GoldenSource,
     format_of_file,
     is_golden_file,
@@ -26,6 +26,9 @@ from controlplane.registry import golden_store, store
 from controlplane.registry.db import Database
 from controlplane.services import audit
 
+if TYPE_CHECKING:
+    from controlplane.domain.golden import GoldenSet
+
 
 @dataclass(frozen=True)
 class FolderGolden:
@@ -34,6 +37,13 @@ class FolderGolden:
     entry: ManifestEntry
     format: GoldenFormat
     golden: GoldenSet
+
+
+def _parse(data: bytes, fmt: GoldenFormat, signature: ModelSignature) -> GoldenSet:
+    # numpy is loaded by the first golden set parsed, not by every control plane that starts.
+    from controlplane.artifacts.golden_file import parse_golden
+
+    return parse_golden(data, fmt, signature)
 
 
 def folder_golden(
@@ -62,7 +72,7 @@ def folder_golden(
     fmt = format_of_file(entry.path)
     data = blobs.verify(entry.sha256, entry.size).read_bytes()
     try:
-        golden = parse_golden(data, fmt, signature)
+        golden = _parse(data, fmt, signature)
     except InvalidInput as exc:
         raise InvalidInput(
             f"{entry.path}: {exc.message}", code=exc.code, details={**(exc.details or {}), "file": entry.path}
@@ -105,7 +115,7 @@ class GoldenSets:
                     details={"digest": existing.digest},
                 )
             data = read_golden_upload(upload)
-            golden = parse_golden(data, fmt, version.signature)
+            golden = _parse(data, fmt, version.signature)
         except (InvalidInput, Conflict) as exc:
             audit.record(
                 self.db,

@@ -17,7 +17,7 @@ from controlplane.artifacts.config_fields import DEFAULT_ALLOWED_BACKENDS
 from controlplane.artifacts.ingest import IngestedArtifact, ingest_archive
 from controlplane.artifacts.model_config import ConfigReview
 from controlplane.domain.compatibility import Compatibility, compare
-from controlplane.domain.golden import GoldenSource
+from controlplane.domain.golden_records import GoldenSource
 from controlplane.domain.models import (
     AuditEvent,
     Model,

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from controlplane.artifacts.blobs import BlobStore
-from controlplane.domain.golden import is_golden_file
+from controlplane.domain.golden_records import is_golden_file
 from controlplane.domain.models import ManifestEntry, ModelVersion, staged_path
 from controlplane.files import link_or_copy
 from controlplane.staging.swap import replace_directory

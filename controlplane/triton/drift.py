@@ -20,8 +20,8 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from tritonclient.grpc import model_config_pb2
 
+from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.artifacts.model_config import parse_model_config
 
 # Fields Triton may fill in itself, but only with values derived from the staged ones.

@@ -39,14 +39,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controlplane.domain.models import ModelSignature
 from controlplane.errors import ControlPlaneError, InvalidModelConfig, TritonUnavailable
 from controlplane.triton.client import ModelStatus
 from controlplane.triton.drift import config_drift
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from controlplane.triton.wire import Zeros
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,11 @@ class TritonControl(Protocol):
         self,
         model: str,
         version: int,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, np.ndarray | Zeros],
         outputs: Sequence[str],
         *,
         timeout: float | None = None,
-    ) -> dict[str, np.ndarray]: ...
+    ) -> Mapping[str, np.ndarray]: ...
 
 
 class ReplicatedTriton:
@@ -227,13 +230,13 @@ class ReplicatedTriton:
         self,
         model: str,
         version: int,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, np.ndarray | Zeros],
         outputs: Sequence[str],
         *,
         timeout: float | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> Mapping[str, np.ndarray]:
         """The same inference on every replica; replica 1's answers (``each_replica`` to compare them)."""
-        answers: list[dict[str, np.ndarray]] = []
+        answers: list[Mapping[str, np.ndarray]] = []
         for index, replica in enumerate(self.replicas):
             with self._on(index):
                 answers.append(replica.infer(model, version, inputs, outputs, timeout=timeout))

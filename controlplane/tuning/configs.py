@@ -16,8 +16,8 @@ batching...) stays exactly what it was. What it changes:
 from __future__ import annotations
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
+from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.artifacts.model_config import parse_model_config
 from controlplane.domain.tuning import BatchingConfig
 

@@ -27,8 +27,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 
-from controlplane.domain.models import ModelSignature, TensorSpec
-from controlplane.domain.tuning import Measurement
+from controlplane.domain.models import TensorSpec
+from controlplane.domain.tuning import LoadShape, LoadTarget, Measurement
 from controlplane.errors import InvalidInput
 
 PREPARED_REQUESTS = 16
@@ -36,26 +36,6 @@ PREPARED_REQUESTS = 16
 ERROR_PAUSE_SECONDS = 0.01
 """A coroutine whose request failed waits this long, so a refusing server is not hammered in a tight loop."""
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class LoadTarget:
-    """One model version on one Triton gRPC endpoint (``host:port``)."""
-
-    url: str
-    model: str
-    version: int
-    signature: ModelSignature
-
-
-@dataclass(frozen=True)
-class LoadShape:
-    """How much load: requests in flight, seconds measured, warm-up seconds before them, per-call timeout."""
-
-    concurrency: int
-    seconds: float
-    warmup_seconds: float = 0.0
-    timeout: float = 10.0
 
 
 @dataclass

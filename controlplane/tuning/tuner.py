@@ -52,15 +52,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
-from tritonclient.grpc import model_config_pb2
 
 from controlplane.artifacts.archive import pack_directory
 from controlplane.artifacts.blobs import BlobStore
+from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.claims import PoolClaims, patiently
 from controlplane.domain.claims import Holder, HolderKind
 from controlplane.domain.models import ModelVersion, VersionMetadata, validate_model_name
 from controlplane.domain.tuning import (
     BatchingConfig,
+    LoadShape,
+    LoadTarget,
     Measurement,
     Provenance,
     SweepSpec,
@@ -82,7 +84,6 @@ from controlplane.registry.db import Database
 from controlplane.services import audit
 from controlplane.services.registry import Registry
 from controlplane.tuning.configs import batching_of, read_config, render_config
-from controlplane.tuning.loadgen import LoadShape, LoadTarget, measure
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,13 @@ UNLOAD_WAIT_SECONDS = 30.0
 
 Measure = Callable[..., Measurement]
 """``measure(target, shape, *, stop)``: the load generator (a fake in unit tests)."""
+
+
+def measure_over_grpc(target: LoadTarget, shape: LoadShape, *, stop: threading.Event) -> Measurement:
+    """The gRPC load generator, imported on the first sweep (grpc is not needed before)."""
+    from controlplane.tuning.loadgen import measure
+
+    return measure(target, shape, stop=stop)
 
 
 class TuningState(enum.StrEnum):
@@ -173,7 +181,7 @@ class Tuner:
         work_dir: Path,
         load_timeout: float = 120.0,
         request_timeout: float = 10.0,
-        measure: Measure = measure,
+        measure: Measure = measure_over_grpc,
     ) -> None:
         self.db = db
         self.pools = dict(pools)

@@ -130,10 +130,16 @@ def test_production_follows_a_deploy_a_canary_by_alias_and_a_rollback(
     ]
     noted = [e for e in _get(stack, "/v1/events", limit=1000) if e["action"] == "rollout.alias"]
     assert [e["details"] for e in noted] == [{"rollout": canary_rollout, "alias": "challenger", "version": 2}]
-    followed = stack.cli("events", "--follow", "--after", str(before_alias), "--count", "1", "--json")
+    # The reconciler may still have been installing the deploy on the idle pool when the alias was set.
+    since = [e for e in _get(stack, "/v1/events", limit=1000) if e["id"] > before_alias]
+    upto_alias = next(i for i, e in enumerate(since) if e["action"] == "alias.set") + 1
+    followed = stack.cli(
+        "events", "--follow", "--after", str(before_alias), "--count", str(upto_alias), "--json"
+    )
     assert followed.returncode == 0, followed.stderr
-    first = json.loads(followed.stdout)
-    assert (first["action"], first["target"], first["details"]["version"]) == (
+    printed = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert [e["id"] for e in printed] == [e["id"] for e in since[:upto_alias]]
+    assert (printed[-1]["action"], printed[-1]["target"], printed[-1]["details"]["version"]) == (
         "alias.set",
         "mlp@challenger",
         2,

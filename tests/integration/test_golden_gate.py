@@ -25,7 +25,7 @@ from rollout_load import FIXED_INPUT, Load, rollout_spec
 from triton_helpers import load_examples_module
 
 from controlplane.artifacts.archive import pack_directory
-from controlplane.domain.golden import GoldenFormat
+from controlplane.domain.golden_records import GoldenFormat
 from controlplane.domain.models import VersionMetadata, VersionState
 from controlplane.domain.rollouts import Rollout, RolloutState, Strategy
 from controlplane.pools import Pool
@@ -146,7 +146,7 @@ def test_a_canary_whose_golden_set_fails_never_gets_a_client_request(env: Env) -
         engine.candidate_checks = checks
 
     assert rollout.state is RolloutState.FAILED, rollout.reason
-    assert f"golden set failed on replica 1 ({env.stack.pools[target].grpc_urls[0]})" in rollout.reason
+    assert f"golden set failed on replica 1 ({env.stack.pools[target].http_urls[0]})" in rollout.reason
     assert "output 'OUTPUT0' max abs error" in rollout.reason and "first failing row 0" in rollout.reason
     report = _failure(rollout)["golden"]
     assert report["passed"] is False and report["rows"] == rows

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from controlplane.domain.golden import GoldenFormat, GoldenSource, Tolerance
+from controlplane.domain.golden_records import GoldenFormat, GoldenSource, Tolerance
 from controlplane.domain.models import (
     ManifestEntry,
     ModelName,

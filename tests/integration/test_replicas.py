@@ -73,7 +73,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 def _replica_clients(env: Env, pool: str) -> list[TritonClient]:
     p = env.stack.pools[pool]
-    return [TritonClient(url, timeout=2.0, headers=p.admin_headers) for url in p.grpc_urls]
+    return [TritonClient(url, timeout=2.0, headers=p.admin_headers) for url in p.http_urls]
 
 
 def _ready_everywhere(env: Env, pool: str, version: int) -> list[bool]:

@@ -59,6 +59,7 @@ class Env:
     outputs: dict[str, np.ndarray]
     green_urls: list[str]
     admin_headers: dict[str, dict[str, str]]
+    control_urls: dict[str, list[str]]
 
     def claims(self) -> list[str]:
         with self.services.db.transaction() as session:
@@ -70,7 +71,7 @@ class Env:
             return weights, {p: rollout_store.pool_release(session, p) for p in weights}
 
     def replicas(self, pool: str) -> list[TritonClient]:
-        urls = self.services.tuner.endpoints[pool]
+        urls = self.control_urls[pool]
         return [TritonClient(url, timeout=5.0, headers=self.admin_headers[pool]) for url in urls]
 
 
@@ -125,6 +126,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 outputs=outputs,
                 green_urls=list(stack.pools["green"].grpc_urls),
                 admin_headers={name: dict(p.admin_headers) for name, p in stack.pools.items()},
+                control_urls={name: list(p.http_urls) for name, p in stack.pools.items()},
             )
 
 

@@ -71,7 +71,7 @@ def _admin_attacks(
 
 def _assert_mlp_unchanged(env: LockedStack, expected: np.ndarray) -> None:
     blue = env.pools["blue"]
-    admin = TritonClient(f"127.0.0.1:{blue.grpc_port}", headers=blue.headers)
+    admin = TritonClient(f"127.0.0.1:{blue.http_port}", headers=blue.headers)
     try:
         assert [(s.version, s.state) for s in admin.model_status("mlp")] == [("1", "READY")]
         assert admin.model_config("mlp")["backend"] == "onnxruntime"
@@ -213,8 +213,8 @@ def test_the_control_plane_client_holds_the_key_and_clients_need_none_for_infere
 ) -> None:
     blue = locked_stack.pools["blue"]
     url = f"127.0.0.1:{blue.grpc_port}"
-    admin = TritonClient(url, headers=blue.headers)
-    keyless = TritonClient(url)
+    admin = TritonClient(f"http://127.0.0.1:{blue.http_port}", headers=blue.headers)
+    keyless = TritonClient(f"http://127.0.0.1:{blue.http_port}")
     try:
         assert admin.model_config("mlp")["name"] == "mlp"
         assert any(s.name == "mlp" and s.state == "READY" for s in admin.repository_index())

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 from registry_template import migrated_sqlite
+from tritonclient.utils import triton_to_np_dtype
 
 from controlplane.artifacts.archive import ArchiveLimits, pack_directory
 from controlplane.artifacts.blobs import BlobStore
@@ -48,6 +49,7 @@ from controlplane.services.repair import PoolRepair
 from controlplane.services.signing import Signing
 from controlplane.staging.repository import PoolRepository
 from controlplane.triton.client import ModelStatus
+from controlplane.triton.wire import Zeros
 
 Hook = Callable[..., None]
 InferAnswer = Callable[[str, int, dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
@@ -238,7 +240,7 @@ class FakeTriton:
         self,
         model: str,
         version: int,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, np.ndarray | Zeros],
         outputs: Sequence[str],
         *,
         timeout: float | None = None,
@@ -246,9 +248,14 @@ class FakeTriton:
         self._enter("infer", model, version)
         if not self.is_model_ready(model, version):
             raise SmokeTestFailed(f"inference on {model!r} version {version}: not ready")
+        # What Triton receives for described zeros (a warm-up's) is arrays of zeros.
+        arrays = {
+            name: np.zeros(v.shape, dtype=triton_to_np_dtype(v.datatype)) if isinstance(v, Zeros) else v
+            for name, v in inputs.items()
+        }
         if self.answer is not None:
-            return self.answer(model, version, dict(inputs), list(outputs))
-        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+            return self.answer(model, version, arrays, list(outputs))
+        rows = next(iter(arrays.values())).shape[0] if arrays else 1
         return {name: np.zeros((rows, 1), dtype=np.float32) for name in outputs}
 
     def model_config(self, model: str) -> dict[str, Any]:

@@ -19,15 +19,17 @@ import pytest
 from fakes import World, serving_world, spec
 
 from controlplane.domain.analysis import Gates
-from controlplane.domain.golden import GoldenFormat, GoldenSet
+from controlplane.domain.golden import GoldenSet
+from controlplane.domain.golden_records import GoldenFormat
 from controlplane.domain.models import VersionState
 from controlplane.domain.rollouts import Rollout, RolloutSpec, RolloutState, Strategy
 from controlplane.errors import CandidateRejected
 from controlplane.pools import Pool
 from controlplane.registry import golden_store
 from controlplane.rollout import candidate
-from controlplane.rollout.candidate import CandidateChecks, ask, run_golden
+from controlplane.rollout.candidate import CandidateChecks
 from controlplane.rollout.engine import EngineSettings, RolloutEngine
+from controlplane.rollout.golden_run import ask, run_golden
 from controlplane.services.golden import GoldenSets
 from controlplane.triton.replicas import ReplicatedTriton
 

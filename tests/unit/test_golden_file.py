@@ -15,8 +15,9 @@ import pytest
 
 from controlplane.artifacts import golden_file
 from controlplane.artifacts.blobs import BlobStore
-from controlplane.artifacts.golden_file import golden_format, parse_golden, read_golden_blob
-from controlplane.domain.golden import GoldenFormat, Tolerance
+from controlplane.artifacts.golden_file import parse_golden, read_golden_blob
+from controlplane.artifacts.golden_upload import golden_format
+from controlplane.domain.golden_records import GoldenFormat, Tolerance
 from controlplane.domain.models import ModelSignature, TensorSpec
 from controlplane.errors import ArtifactCorrupted, InvalidInput, UnsupportedMediaType
 

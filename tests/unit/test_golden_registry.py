@@ -15,7 +15,7 @@ from fakes import World, build_world, model_folder
 
 from controlplane.artifacts.archive import pack_directory
 from controlplane.collector import collect_garbage
-from controlplane.domain.golden import GoldenFormat, GoldenSource, Tolerance
+from controlplane.domain.golden_records import GoldenFormat, GoldenSource, Tolerance
 from controlplane.domain.models import ModelVersion, VersionMetadata
 from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.registry import golden_store, signature_store, store

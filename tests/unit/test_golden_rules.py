@@ -8,16 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from controlplane.domain.golden import (
-    DEFAULT_ATOL,
-    DEFAULT_RTOL,
-    GoldenSet,
-    Tolerance,
-    compare,
-    is_golden_file,
-    merge_reports,
-    validate_golden,
-)
+from controlplane.domain.golden import GoldenSet, compare, merge_reports, validate_golden
+from controlplane.domain.golden_records import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance, is_golden_file
 from controlplane.domain.models import ModelSignature, TensorSpec
 from controlplane.errors import InvalidInput
 

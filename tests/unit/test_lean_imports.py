@@ -7,8 +7,9 @@ tests start a fresh interpreter, do what ``controlplane up`` does before it
 serves (import its modules, build the trusted signers from empty settings,
 check an up-to-date schema) and look at what got loaded.
 
-numpy and grpc are not on the list: the Triton adapter (tritonclient.grpc)
-talks to the pools from the first reconcile pass on, so ``up`` needs them.
+The Triton adapter talks to the pools over HTTP with httpx and reads
+Triton's configuration schema without the gRPC client, so neither numpy nor
+grpc is loaded until a golden set, the tuner or real arrays need them.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ LAZY_LIBRARIES = {
     "cryptography": "a signature verification",
     "model_signing": "a signature verification",
     "sigstore": "a keyless signature verification",
-    "onnx": "the push of an ONNX model",
+    "onnx": "the push of an ONNX model (its protobuf schema)",
     "yaml": "CONTROLPLANE_WATCH_PATH (rollout.yaml)",
     "docker": "the external runtime's recycling",
+    "numpy": "a golden set check or upload, or the tuner",
+    "grpc": "the tuner's load generator",
+    "ml_dtypes": "an inference with real arrays (tritonclient.utils)",
 }
 
 
@@ -134,3 +138,40 @@ def test_two_unmerged_branches_are_refused_as_two_heads(tmp_path: Path) -> None:
     _write_migration(tmp_path, "c", "a")
     with pytest.raises(RuntimeError, match=r"exactly one head, found \['b', 'c'\]"):
         _migration_head(tmp_path)
+
+
+def test_the_configuration_schema_loads_without_grpc_and_is_the_one_the_grpc_client_uses_later() -> None:
+    loaded = _modules_loaded_by(
+        """
+        import sys
+        from controlplane.artifacts.protobuf_modules import model_config_pb2
+        from controlplane.artifacts.model_config import parse_model_config
+
+        assert parse_model_config('name: "m" max_batch_size: 4').max_batch_size == 4
+        before = set(sys.modules)
+        import tritonclient.grpc
+
+        assert "grpc" not in before
+        assert tritonclient.grpc.model_config_pb2 is model_config_pb2
+        assert tritonclient.grpc.model_config_pb2.ModelConfig is model_config_pb2.ModelConfig
+        """
+    )
+    assert "grpc" in loaded
+
+
+def test_checking_a_pushed_onnx_model_loads_neither_numpy_nor_the_onnx_package() -> None:
+    folder = Path(__file__).resolve().parents[2] / "model_repository" / "mlp"
+    loaded = _modules_loaded_by(
+        f"""
+        import sys
+        from pathlib import Path
+        from controlplane.artifacts.model_config import read_signature
+        from controlplane.artifacts.onnx_interface import check_onnx_model
+
+        folder = Path({str(folder)!r})
+        signature = read_signature((folder / "config.pbtxt").read_bytes(), model_name="mlp")
+        check_onnx_model(folder, "1", "model.onnx", signature)
+        assert "onnx" not in sys.modules, "the onnx package itself"
+        """
+    )
+    assert "numpy" not in loaded

@@ -677,7 +677,7 @@ def test_a_stopping_pool_unloads_its_models_and_waits_until_they_are_gone(
 ) -> None:
     triton = _UnloadingTriton({"mlp": ["READY"], "two_inputs": ["READY"], "faulty": ["UNAVAILABLE"]})
     monkeypatch.setattr("controlplane.runtime.local.TritonClient", lambda *_a, **_kw: triton)
-    pool = type("Pool", (), {"name": "green", "grpc_urls": ["127.0.0.1:1"], "admin_headers": {}})()
+    pool = type("Pool", (), {"name": "green", "http_urls": ["http://127.0.0.1:1"], "admin_headers": {}})()
     LocalStack._unload_models(pool, timeout=5)  # type: ignore[arg-type]
     assert triton.unloaded == ["mlp", "two_inputs"]
     assert triton.states == {"mlp": ["UNAVAILABLE"], "two_inputs": ["UNAVAILABLE"], "faulty": ["UNAVAILABLE"]}
@@ -690,7 +690,7 @@ def test_a_stopping_pool_with_a_load_under_way_leaves_the_unloading_to_tritonser
     # A reconcile pass that began before the stop: unloading under it would only make it load again.
     triton = _UnloadingTriton({"mlp": ["READY"], "standby": ["LOADING"]})
     monkeypatch.setattr("controlplane.runtime.local.TritonClient", lambda *_a, **_kw: triton)
-    pool = type("Pool", (), {"name": "green", "grpc_urls": ["127.0.0.1:1"], "admin_headers": {}})()
+    pool = type("Pool", (), {"name": "green", "http_urls": ["http://127.0.0.1:1"], "admin_headers": {}})()
     LocalStack._unload_models(pool, timeout=5)  # type: ignore[arg-type]
     assert triton.unloaded == []
     assert triton.closed
@@ -705,7 +705,7 @@ def test_a_stopping_pool_whose_triton_does_not_answer_is_stopped_all_the_same(
 
     silent = Silent({})
     monkeypatch.setattr("controlplane.runtime.local.TritonClient", lambda *_a, **_kw: silent)
-    pool = type("Pool", (), {"name": "blue", "grpc_urls": ["127.0.0.1:1"], "admin_headers": {}})()
+    pool = type("Pool", (), {"name": "blue", "http_urls": ["http://127.0.0.1:1"], "admin_headers": {}})()
     started = time.monotonic()
     LocalStack._unload_models(pool, timeout=5)  # type: ignore[arg-type]
     assert time.monotonic() - started < 1

@@ -20,13 +20,19 @@ from fakes import FakeTriton, World, serving_world
 from controlplane.artifacts.model_config import parse_model_config
 from controlplane.claims import PoolClaims
 from controlplane.domain.claims import Holder, HolderKind
-from controlplane.domain.tuning import BatchingConfig, Measurement, SweepSpec, tuning_model_name
+from controlplane.domain.tuning import (
+    BatchingConfig,
+    LoadShape,
+    LoadTarget,
+    Measurement,
+    SweepSpec,
+    tuning_model_name,
+)
 from controlplane.errors import InvalidInput, ModelLoadFailed, PoolBusy, TritonUnavailable
 from controlplane.pools import Pool
 from controlplane.registry import claim_store, rollout_store, store
 from controlplane.triton.replicas import ReplicatedTriton
 from controlplane.tuning.configs import batching_of, read_config
-from controlplane.tuning.loadgen import LoadShape, LoadTarget
 from controlplane.tuning.tuner import Tuner, TuningState
 
 TUNING = tuning_model_name("mlp")

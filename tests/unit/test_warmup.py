@@ -15,6 +15,7 @@ from controlplane.rollout.warmup import warm_up
 from controlplane.staging.repository import PoolRepository
 from controlplane.triton.client import zero_inputs
 from controlplane.triton.replicas import ReplicatedTriton
+from controlplane.triton.wire import Zeros
 
 # -- zero_inputs ---------------------------------------------------------------------------
 
@@ -26,24 +27,34 @@ def test_zero_inputs_are_batch_one_with_variable_dims_one_and_the_declared_types
         inputs=(TensorSpec("IMAGE", "FP16", (3, -1, 4)), TensorSpec("IDS", "INT64", (-1,))),
         outputs=(TensorSpec("OUT", "FP32", (2,)),),
     )
-    arrays = zero_inputs(signature)
-    assert {name: (a.shape, a.dtype) for name, a in arrays.items()} == {
-        "IMAGE": ((1, 3, 1, 4), np.dtype(np.float16)),
-        "IDS": ((1, 1), np.dtype(np.int64)),
-    }
-    assert not any(a.any() for a in arrays.values())
+    inputs = zero_inputs(signature)
+    assert inputs == {"IMAGE": Zeros("FP16", (1, 3, 1, 4)), "IDS": Zeros("INT64", (1, 1))}
+    assert inputs["IMAGE"].raw() == bytes(2 * 12)
+    assert inputs["IDS"].raw() == bytes(8)
 
 
 def test_zero_inputs_of_a_model_without_batching_keep_the_declared_shape_and_bytes_are_empty() -> None:
     signature = ModelSignature(
-        backend="python",
+        backend="onnxruntime",
         max_batch_size=0,
         inputs=(TensorSpec("TEXT", "BYTES", (2,)),),
         outputs=(TensorSpec("OUT", "FP32", (1,)),),
     )
     text = zero_inputs(signature)["TEXT"]
     assert text.shape == (2,)
-    assert text.tolist() == [b"", b""]
+    # Two BYTES elements of length 0: a 4-byte length each, no content.
+    assert text.raw() == b"\0\0\0\0" * 2
+
+
+def test_an_input_of_a_type_triton_does_not_know_fails_the_smoke_test_by_name() -> None:
+    signature = ModelSignature(
+        backend="onnxruntime",
+        max_batch_size=0,
+        inputs=(TensorSpec("X", "COMPLEX64", (2,)),),
+        outputs=(TensorSpec("OUT", "FP32", (1,)),),
+    )
+    with pytest.raises(SmokeTestFailed, match=r"input 'X' has a data type \(COMPLEX64\)"):
+        zero_inputs(signature)
 
 
 # -- warm_up -------------------------------------------------------------------------------
