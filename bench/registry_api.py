@@ -2,6 +2,7 @@
 
     python bench/registry_api.py [--versions 10,1000,10000] [--connections 16,64]
                                  [--seconds 10] [--warmup 2] [--rounds 2] [--no-rollout]
+    python bench/registry_api.py --in-process 20000 [--versions 10,10000]
 
 For each history length N it builds a registry (SQLite, in a temporary state
 directory) holding one model ``mlp`` of N versions: version 1 is the example
@@ -35,6 +36,11 @@ another process (the baseline: what the machine's share alone costs a
 rollout), alternating the order; printed: each step's duration, start to
 success, and what the load got meanwhile.
 
+``--in-process CALLS`` measures instead, without sockets or wrk, what one
+version GET costs in this process: raw ASGI calls to the API's app (built
+as for ``serve_api``) and to the bare route with its bytes, the best of five
+averages over CALLS calls each.
+
 Each measurement: ``--warmup`` seconds of load not counted, then
 ``--seconds`` measured, at each of ``--connections`` (2 wrk threads), for
 ``--rounds`` rounds; then the server may finish what wrk left behind before
@@ -60,13 +66,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp
+
+    from controlplane.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "mlp"
@@ -160,13 +172,10 @@ def build_registry(state_dir: Path, versions: int) -> str:
 # -- the servers (each in a process of its own) ------------------------------------------------
 
 
-def serve_api(state_dir: str, port: int) -> None:
-    """The product's API on the registry in ``state_dir``, as ``controlplane up`` serves it."""
-    import uvicorn
-
+def api_app(state_dir: str, port: int) -> tuple[FastAPI, Settings]:
+    """The product's API on the registry in ``state_dir`` as ``controlplane up`` builds it; its settings."""
     from controlplane.api.app import ApiServices, create_app
     from controlplane.api.auth import Authenticator
-    from controlplane.api.server import freeze_startup_heap, server_config
     from controlplane.artifacts.archive import ArchiveLimits
     from controlplane.artifacts.blobs import BlobStore
     from controlplane.registry.db import Database
@@ -193,6 +202,16 @@ def serve_api(state_dir: str, port: int) -> None:
         max_upload_bytes=settings.max_upload_bytes,
         auth=Authenticator(db, required=settings.auth_required, open_reads=settings.open_reads),
     )
+    return app, settings
+
+
+def serve_api(state_dir: str, port: int) -> None:
+    """The product's API on the registry in ``state_dir``, as ``controlplane up`` serves it."""
+    import uvicorn
+
+    from controlplane.api.server import freeze_startup_heap, server_config
+
+    app, settings = api_app(state_dir, port)
     server = uvicorn.Server(server_config(app, settings))
     freeze_startup_heap()
     server.run()
@@ -201,25 +220,13 @@ def serve_api(state_dir: str, port: int) -> None:
 def serve_bare(port: int, bodies: dict[str, bytes]) -> None:
     """A Starlette app answering ``bodies`` (path -> bytes) on the API's uvicorn configuration."""
     import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
 
     from controlplane.api.server import protocol_class
     from controlplane.settings import Settings
 
     settings = Settings(api_port=port)
-
-    def route(body: bytes):  # type: ignore[no-untyped-def]
-        async def answer(_request: Request) -> Response:
-            return Response(body, media_type="application/json")
-
-        return answer
-
-    app = Starlette(routes=[Route(path, route(body)) for path, body in bodies.items()])
     config = uvicorn.Config(
-        app,
+        bare_app(bodies),
         host=settings.host,
         port=port,
         log_level="warning",
@@ -229,6 +236,22 @@ def serve_bare(port: int, bodies: dict[str, bytes]) -> None:
         timeout_keep_alive=settings.keep_alive_seconds,
     )
     uvicorn.Server(config).run()
+
+
+def bare_app(bodies: dict[str, bytes]) -> ASGIApp:
+    """A Starlette app answering ``bodies`` (path -> bytes): the floor of framework costs."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    def route(body: bytes):  # type: ignore[no-untyped-def]
+        async def answer(_request: Request) -> Response:
+            return Response(body, media_type="application/json")
+
+        return answer
+
+    return Starlette(routes=[Route(path, route(body)) for path, body in bodies.items()])
 
 
 def start(target, *args: object) -> mp.process.BaseProcess:  # type: ignore[no-untyped-def]
@@ -511,6 +534,74 @@ def ok(load: Load) -> bool:
     return load.rps >= GOAL_RPS and load.p99_ms <= GOAL_P99_MS and load.errors == 0
 
 
+# -- in process: the cost of one read without sockets or a server ---------------------------
+
+
+async def asgi_get(app: ASGIApp, path: str, token: str) -> bytes:
+    """One GET of ``path`` through ``app`` by raw ASGI calls, as uvicorn makes them; the body."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "scheme": "http",
+        "method": "GET",
+        "root_path": "",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {token}".encode())],
+    }
+    body = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            body.append(message["body"])
+
+    await app(scope, receive, send)
+    return b"".join(body)
+
+
+async def microseconds_per_get(app: ASGIApp, path: str, token: str, *, calls: int, rounds: int = 5) -> float:
+    """The best of ``rounds`` averages over ``calls`` GETs, after as many unmeasured."""
+    for _ in range(calls):
+        await asgi_get(app, path, token)
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            await asgi_get(app, path, token)
+        best = min(best, (time.perf_counter() - started) / calls * 1e6)
+    return best
+
+
+def bench_in_process(versions: int, calls: int) -> None:
+    """Microseconds per version GET in this process: the API's app, then a bare route with its bytes."""
+    import asyncio
+    import gc
+
+    with tempfile.TemporaryDirectory(prefix="bench-registry-api-") as tmp:
+        token = build_registry(Path(tmp), versions)
+        app, _settings = api_app(tmp, 8000)
+        path = f"/v1/models/{MODEL}/versions/{versions}"
+        body = asyncio.run(asgi_get(app, path, token))
+        bare = bare_app({"/version": body})
+        gc.collect()
+        gc.freeze()  # as serve_api does (freeze_startup_heap)
+        api_us = asyncio.run(microseconds_per_get(app, path, token, calls=calls))
+        bare_us = asyncio.run(microseconds_per_get(bare, "/version", token, calls=calls))
+        gc.unfreeze()
+    print(
+        f"N={versions}: GET version in process {api_us:.1f} us/call, "
+        f"bare Starlette with the same {len(body)} B {bare_us:.1f} us/call ({api_us / bare_us:.2f}x)",
+        flush=True,
+    )
+
+
 # -- a rollout's steps while the API is under load ------------------------------------------
 
 
@@ -691,7 +782,18 @@ def main() -> None:
         action="store_false",
         help="skip the canary rollouts (real Triton and HAProxy) timed with the API idle and under load",
     )
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        metavar="CALLS",
+        default=0,
+        help="instead of wrk: microseconds per version GET by raw ASGI calls (best of 5 x CALLS)",
+    )
     args = parser.parse_args()
+    if args.in_process > 0:
+        for versions in (int(n) for n in args.versions.split(",")):
+            bench_in_process(versions, args.in_process)
+        return
     args.connections = [int(c) for c in args.connections.split(",")]
     wrk = ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:

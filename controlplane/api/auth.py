@@ -110,16 +110,36 @@ class Authenticator:
             return False  # static pages; their data comes from the API with the user's token
         return not (self.open_reads and method in READ_METHODS and not has_credentials)
 
-    def cached(self, authorization: str | None) -> Caller | str | None:
+    @property
+    def commits(self) -> CommitWatch:
+        """The commit watch whose marks decide whether a kept token is still current."""
+        return self._commits
+
+    def share_commits(self, commits: CommitWatch) -> None:
+        """Take commit marks from ``commits`` (another cache's watch of the same database) from now on.
+
+        A request that checks both caches then needs one mark, not one per
+        watch. Tokens kept under the previous watch are never answered again:
+        its marks mean nothing to the new one.
+        """
+        self._commits = commits
+        self._scope = f"authenticator-{next(_AUTHENTICATORS)}"
+
+    def cached(
+        self, authorization: str | None, *, watch: CommitWatch | None = None, mark: int | None = None
+    ) -> Caller | str | None:
         """What ``lookup`` answers when that needs no database, else None. Never blocks.
 
         A header that is missing or malformed, or a token found active within
         ``token_store.TOKEN_CACHE``'s time (revoked in this process: never).
+        ``mark``, just taken of ``watch``, is used instead of a mark of its own
+        when ``watch`` is this authenticator's (``commits``).
         """
         parsed = _digest(authorization)
         if parsed[0] is not None:
             return parsed[0]
-        token = token_store.TOKEN_CACHE.get(self._scope, parsed[1], mark=self._commits.mark())
+        now = mark if watch is not None and watch is self._commits else self._commits.mark()
+        token = token_store.TOKEN_CACHE.get(self._scope, parsed[1], mark=now)
         return Caller(token.name, token.role) if token is not None else None
 
     def freshness(self) -> tuple[int | None, int]:

@@ -20,6 +20,7 @@ from controlplane.domain.limits import MAX_ID, MAX_LIST_ITEMS, validate_text
 from controlplane.domain.models import VersionMetadata
 from controlplane.domain.version_metadata import MetadataChange
 from controlplane.errors import InvalidInput, UnsupportedMediaType
+from controlplane.registry.store import CommitWatch
 from controlplane.services.admission import compare_with_production
 from controlplane.services.registry import VIEW_CACHE_ENTRIES, LruCache, Registry, VersionView
 from controlplane.services.version_metadata import change_metadata
@@ -139,9 +140,19 @@ class VersionBodies:
         """The body of ``view``, rendered once per view."""
         return self._bodies.of(("version", model, number), view, _version_json)
 
+    @property
+    def commits(self) -> CommitWatch:
+        """The commit watch whose marks the kept views were read at."""
+        return self._registry.commits
+
     def unchanged(self, model: str, number: int) -> bytes | None:
         """The body of a version read before with nothing committed since, else None. Never waits."""
         view = self._registry.unchanged_view(model, number)
+        return None if view is None else self.of(model, number, view)
+
+    def unchanged_at(self, model: str, number: int, mark: int) -> bytes | None:
+        """``unchanged`` for a mark of ``commits`` the caller has just taken. Never waits."""
+        view = self._registry.unchanged_view(model, number, mark)
         return None if view is None else self.of(model, number, view)
 
 

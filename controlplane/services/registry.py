@@ -256,13 +256,18 @@ class Registry:
         """One version with its manifest."""
         return self.version_view(model, number)[0]
 
-    def unchanged_view(self, model: str, number: int) -> VersionView | None:
+    def unchanged_view(self, model: str, number: int, mark: int | None = None) -> VersionView | None:
         """``version_view``'s answer when it was read before and nothing was committed since, else None.
 
-        Reads no table and never waits (the event loop may call it).
+        ``mark``: one the caller has just taken of ``commits`` (default: one
+        taken here), so a request that needs it for something else takes it
+        once. Reads no table and never waits (the event loop may call it).
         """
         kept = self.views.get((model, number))
-        return kept[1] if kept is not None and kept[0] == self.commits.mark() else None
+        if kept is None:
+            return None
+        now = self.commits.mark() if mark is None else mark
+        return kept[1] if now is not None and kept[0] == now else None
 
     def version_view(self, model: str, number: int) -> VersionView:
         """One version, and its interface against the version serving production (None: none serves).

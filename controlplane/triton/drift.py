@@ -21,8 +21,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.artifacts.model_config import parse_model_config
+from controlplane.artifacts.protobuf_modules import model_config_pb2
 
 # Fields Triton may fill in itself, but only with values derived from the staged ones.
 _DERIVED_OK = {"platform", "default_model_filename", "runtime"}

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from google.protobuf import text_format
 
-from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.artifacts.model_config import parse_model_config
+from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.domain.tuning import BatchingConfig
 
 DEFAULT_INSTANCE_COUNT = 1

@@ -20,9 +20,13 @@ from starlette.types import Receive, Scope, Send
 from controlplane.api.app import ApiServices, create_app
 from controlplane.api.auth import Authenticator
 from controlplane.api.read_shortcut import VersionReadShortcut
-from controlplane.domain.auth import Role
+from controlplane.domain.auth import ROLE_PERMISSIONS, Role
+from controlplane.domain.version_metadata import MetadataChange
 from controlplane.registry import token_store
+from controlplane.registry.db import Database
+from controlplane.registry.store import CommitWatch
 from controlplane.services.health import Health
+from controlplane.services.version_metadata import change_metadata
 
 VERSION_1 = "/v1/models/mlp/versions/1"
 
@@ -127,3 +131,115 @@ def test_an_unknown_version_and_an_invalid_model_name_get_the_routes_errors(api:
 
     assert unknown.status_code == 404 and unknown.json()["error"]["code"]
     assert invalid.status_code == 422 and invalid.json()["error"]["code"]
+
+
+def _elsewhere(api: Api) -> Database:
+    """The registry as another process (the CLI) opens it: an engine and connections of its own."""
+    return Database(api.world.db.url)
+
+
+def test_a_token_revoked_by_another_process_is_refused_at_the_very_next_read(api: Api) -> None:
+    assert api.get(VERSION_1).status_code == 200
+    other = _elsewhere(api)
+    try:
+        with other.transaction() as session:
+            token_store.revoke_token(session, name=Role.VIEWER.value, revoked_by="cli")
+    finally:
+        other.dispose()
+
+    after = api.get(VERSION_1)
+
+    assert after.status_code == 401
+    assert "versions" not in after.text
+
+
+def test_a_token_revoked_in_this_process_is_refused_at_the_very_next_read(api: Api) -> None:
+    assert api.get(VERSION_1).status_code == 200
+    with api.world.db.transaction() as session:
+        token_store.revoke_token(session, name=Role.VIEWER.value, revoked_by="admin")
+
+    assert api.get(VERSION_1).status_code == 401
+
+
+def test_a_role_that_may_not_read_never_gets_the_kept_answer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert api.get(VERSION_1).status_code == 200
+    monkeypatch.setitem(ROLE_PERMISSIONS, Role.VIEWER, frozenset())
+
+    refused = api.get(VERSION_1)
+
+    assert refused.status_code == 403
+    assert api.routed == [VERSION_1, VERSION_1]
+
+
+def test_a_commit_by_another_process_shows_in_the_very_next_read(api: Api) -> None:
+    api.get(VERSION_1)
+    other = _elsewhere(api)
+    try:
+        change_metadata(
+            other,
+            model="mlp",
+            number=1,
+            change=MetadataChange(metrics={}, labels={"team": "search"}),
+            actor="cli",
+        )
+    finally:
+        other.dispose()
+
+    after = api.get(VERSION_1)
+
+    assert after.json()["metadata"]["labels"] == {"team": "search"}
+    assert api.routed == [VERSION_1, VERSION_1]
+
+
+def test_a_read_with_a_body_goes_to_the_route_which_reads_it_under_the_guards_limits(api: Api) -> None:
+    api.get(VERSION_1)
+
+    with_body = api.client.request("GET", VERSION_1, headers=api.as_(Role.VIEWER), content=b"{}")
+
+    assert with_body.status_code == 200
+    assert api.routed == [VERSION_1, VERSION_1]
+
+
+def test_the_kept_answer_echoes_the_clients_request_id_or_makes_one(api: Api) -> None:
+    api.get(VERSION_1)
+
+    echoed = api.client.get(VERSION_1, headers={**api.as_(Role.VIEWER), "X-Request-ID": "ci-run-7"})
+    refused_id = api.client.get(VERSION_1, headers={**api.as_(Role.VIEWER), "X-Request-ID": "no spaces"})
+
+    assert echoed.headers["x-request-id"] == "ci-run-7"
+    assert refused_id.headers["x-request-id"] not in ("", "no spaces")
+    assert api.routed == [VERSION_1]
+
+
+def test_a_kept_read_takes_one_commit_mark_for_the_token_and_the_answer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.get(VERSION_1)
+    marks: list[int | None] = []
+    mark = CommitWatch.mark
+
+    def counted(watch: CommitWatch) -> int | None:
+        marks.append(mark(watch))
+        return marks[-1]
+
+    monkeypatch.setattr(CommitWatch, "mark", counted)
+
+    assert api.get(VERSION_1).status_code == 200
+    assert len(marks) == 1
+    assert api.routed == [VERSION_1]
+
+
+def test_without_commit_marks_every_read_goes_to_the_route_with_the_same_answer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: no mark tells that nothing changed, so nothing is answered from what was kept."""
+    monkeypatch.setattr(CommitWatch, "mark", lambda _watch: None)
+
+    first = api.get(VERSION_1)
+    second = api.get(VERSION_1)
+
+    assert first.status_code == second.status_code == 200
+    assert second.content == first.content
+    assert api.routed == [VERSION_1, VERSION_1]
