@@ -202,16 +202,17 @@ def test_concurrent_requests_are_batched_and_split_back(
         _assert_matches(result, expected)
 
     requests = sum(len(x) for x in inputs)
-    # Triton counts an execution after its responses went out: on a busy machine the last ones lag a little.
+    # Triton counts an execution after its responses went out: on a busy machine the last ones lag a
+    # little, and a count still at 0 is left out of the JSON (proto3 omits default values).
     deadline = time.monotonic() + 10
     while True:
         stats = client.get_inference_statistics("mlp_batched", as_json=True)["model_stats"][0]
-        if int(stats["inference_count"]) >= requests or time.monotonic() > deadline:
+        if int(stats.get("inference_count", 0)) >= requests or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert int(stats["inference_count"]) == requests
+    assert int(stats.get("inference_count", 0)) == requests
     # Fewer executions than requests: several requests shared one session.run.
-    assert int(stats["execution_count"]) < len(inputs)
+    assert 0 < int(stats.get("execution_count", 0)) < len(inputs)
 
 
 def test_max_batch_size_zero_runs_per_request(

@@ -237,6 +237,10 @@ def test_a_pidfd_handle_reports_exit_and_ignores_signals_afterwards() -> None:
     child = subprocess.Popen(SLEEPER)
     handle = AdoptedProcess.open(child.pid)
     assert handle is not None and handle.running()
+    # On a loaded machine /proc may show the argv a moment after Popen returns.
+    deadline = time.monotonic() + 5
+    while handle.cmdline() != SLEEPER and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert handle.cmdline() == SLEEPER
     assert not handle.wait(0.05)
     child.kill()
