@@ -51,6 +51,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         config.output[0].dims[:] = [-1, 4]
 
     _edit_config(examples.build_mlp(repo, name="mlp_nobatch"), no_batching)
+
+    def threads(count: str) -> Any:
+        parameter = mc.ModelParameter(string_value=count)
+        return lambda c: c.parameters["intra_op_thread_count"].MergeFrom(parameter)
+
+    _edit_config(examples.build_mlp(repo, name="mlp_two_threads"), threads("2"))
+    _edit_config(examples.build_mlp(repo, name="mlp_bad_threads"), threads("two"))
     return repo
 
 
@@ -248,3 +255,19 @@ def test_faulty_model_fails_to_load_with_reason(client: grpcclient.InferenceServ
     assert entry["state"] == "UNAVAILABLE"
     assert "INVALID_GRAPH" in entry["reason"]
     assert not client.is_model_ready("faulty")
+
+
+def test_the_native_backends_thread_parameter_is_honoured_and_a_bad_one_fails_the_load_naming_it(
+    client: grpcclient.InferenceServerClient, repository: Path
+) -> None:
+    _load(client, "mlp_two_threads")
+    data = np.random.default_rng(RNG_SEED).standard_normal((2, 16)).astype(np.float32)
+    result = _infer(client, "mlp_two_threads", {"INPUT0": data}, ["OUTPUT0"])
+    _assert_matches(result, examples.reference_outputs(repository / "mlp_two_threads", {"INPUT0": data}))
+
+    with pytest.raises(InferenceServerException):
+        client.load_model("mlp_bad_threads")
+    index = client.get_model_repository_index(as_json=True)["models"]
+    entry = next(model for model in index if model["name"] == "mlp_bad_threads")
+    assert entry["state"] == "UNAVAILABLE"
+    assert "parameter intra_op_thread_count is 'two'" in entry["reason"]

@@ -292,3 +292,20 @@ def test_model_file_path() -> None:
     assert backend.model_file_path("/r/m", "3", {}) == "/r/m/3/model.onnx"
     config = {"default_model_filename": "w.onnx"}
     assert backend.model_file_path("/r/m", "3", config) == "/r/m/3/w.onnx"
+
+
+def test_session_threads_default_to_one_each_and_follow_the_native_backends_parameters() -> None:
+    assert backend.thread_counts({}) == (1, 1)
+    assert backend.thread_counts({"parameters": {"intra_op_thread_count": {"string_value": "2"}}}) == (2, 1)
+    both = {
+        "intra_op_thread_count": {"string_value": "0"},
+        "inter_op_thread_count": {"string_value": " 3 "},
+    }
+    assert backend.thread_counts({"parameters": both}) == (0, 3)
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5", "100000"])
+def test_a_thread_count_that_is_not_a_small_whole_number_fails_the_load_naming_it(value: str) -> None:
+    config = {"parameters": {"inter_op_thread_count": {"string_value": value}}}
+    with pytest.raises(ValueError, match=f"parameter inter_op_thread_count is {value!r}"):
+        backend.thread_counts(config)

@@ -11,6 +11,13 @@ Behaviour kept close to the native backend:
 * the model file is ``<model dir>/<version>/<default_model_filename or model.onnx>``;
 * a config whose input/output names do not match the ONNX graph fails to load
   (the native backend refuses it too) instead of failing every request later;
+* the native backend's ``intra_op_thread_count`` and ``inter_op_thread_count``
+  parameters set the session's threads (0: onnxruntime's default, one per
+  core); without them each instance runs one of each. Measured on 2 cores
+  (``bench/backend_threads.py``), one thread serves a small model best (a
+  second one cost 14-25 % of its throughput, as Triton's frontend needs the
+  other core) while a model of a few million weights gained 28-57 % with
+  two: a per-model choice, so it is the config's;
 * a dynamic batch runs as ONE ``session.run``: inputs are concatenated along
   axis 0 and outputs split back by each request's batch size. Requests that
   cannot be concatenated (different trailing shapes) or a batch whose run
@@ -38,6 +45,10 @@ except ImportError:  # outside the stub (unit tests of the pure helpers below)
     pb_utils = None
 
 DEFAULT_MODEL_FILENAME = "model.onnx"
+DEFAULT_THREADS = 1
+"""Session threads (intra- and inter-op) of an instance whose config does not set them."""
+THREAD_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
+MAX_THREADS = 1024
 
 
 class BatchingNotPossible(Exception):
@@ -48,6 +59,25 @@ def model_file_path(model_dir: str, version: str, config: dict[str, Any]) -> str
     """Path of the ONNX file for ``version`` of the model in ``model_dir``."""
     filename = config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
     return os.path.join(model_dir, str(version), filename)
+
+
+def thread_counts(config: dict[str, Any]) -> tuple[int, int]:
+    """(intra-op, inter-op) session threads from the config's parameters, as the native backend reads them.
+
+    A value that is not a whole number from 0 to MAX_THREADS is refused, so
+    the model fails to load naming it.
+    """
+    parameters = config.get("parameters") or {}
+    counts = []
+    for key in THREAD_PARAMETERS:
+        text = str((parameters.get(key) or {}).get("string_value", "")).strip()
+        if not text:
+            counts.append(DEFAULT_THREADS)
+            continue
+        if not text.isdigit() or int(text) > MAX_THREADS:
+            raise ValueError(f"parameter {key} is {text!r}: give a whole number from 0 to {MAX_THREADS}")
+        counts.append(int(text))
+    return counts[0], counts[1]
 
 
 def io_names(config: dict[str, Any], key: str) -> list[str]:
@@ -148,10 +178,7 @@ class TritonPythonModel:
             raise FileNotFoundError(f"model file not found: {path}")
 
         options = ort.SessionOptions()
-        # Triton scales with instance_group count; one thread per instance keeps
-        # instances from fighting over the same cores.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+        options.intra_op_num_threads, options.inter_op_num_threads = thread_counts(config)
         self._session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
         model_inputs = [node.name for node in self._session.get_inputs()]
