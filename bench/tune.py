@@ -1,7 +1,7 @@
 """Tuning benchmark: the batching sweep of the example ``mlp`` on the idle pool of an embedded stack.
 
     python bench/tune.py [--p99-ms 50] [--delays 0,500,2000] [--batch-sizes 0,8] [--instances 1,2]
-                         [--seconds 4] [--concurrency 16]
+                         [--threads 1,2] [--seconds 4] [--concurrency 16]
 
 Runs the stack's pieces in-process (two real tritonservers, HAProxy, the
 registry on SQLite), deploys ``mlp`` on the live pool (the other one holds
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--delays", default="0,500,2000", help="max_queue_delay_microseconds values")
     parser.add_argument("--batch-sizes", default="0,8", help="preferred batch sizes (0: none)")
     parser.add_argument("--instances", default="1,2", help="instance counts")
+    parser.add_argument("--threads", default="", help="onnxruntime session threads (default: the version's)")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per configuration")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     args = parser.parse_args()
@@ -52,6 +53,7 @@ def main() -> None:
         delays_us=_numbers(args.delays),
         preferred_batch_sizes=_numbers(args.batch_sizes),
         instance_counts=_numbers(args.instances),
+        backend_threads=_numbers(args.threads),
         concurrency=args.concurrency,
         seconds_per_config=args.seconds,
     )

@@ -686,6 +686,10 @@ def tune(
         str | None, typer.Option("--batch-sizes", help="Preferred batch sizes to sweep, e.g. 4,8 (0: none).")
     ] = None,
     instances: Annotated[str | None, typer.Option(help="Instance counts to sweep, e.g. 1,2.")] = None,
+    threads: Annotated[
+        str | None,
+        typer.Option(help="onnxruntime backend: intra-op threads to sweep, e.g. 1,2 (0: its own choice)."),
+    ] = None,
     seconds: Annotated[float | None, typer.Option(help="Measured seconds per configuration.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight while measuring.")] = None,
     api: ApiUrl = DEFAULT_API,
@@ -713,6 +717,7 @@ def tune(
         ("delays_us", "--delays", delays),
         ("preferred_batch_sizes", "--batch-sizes", batch_sizes),
         ("instance_counts", "--instances", instances),
+        ("backend_threads", "--threads", threads),
     ):
         if given is not None:
             body[key] = numbers(option, given)

@@ -18,6 +18,7 @@ from controlplane.domain.tuning import (
     DEFAULT_INSTANCE_COUNTS,
     DEFAULT_PREFERRED_SIZES,
     DEFAULT_SECONDS_PER_CONFIG,
+    MAX_BACKEND_THREADS,
     MAX_BATCH_SIZE,
     MAX_CONCURRENCY,
     MAX_DELAY_US,
@@ -61,6 +62,14 @@ class TuneIn(BaseModel):
         max_length=MAX_VALUES_PER_DIMENSION,
         description="instance_group counts to sweep",
     )
+    backend_threads: list[Annotated[int, Field(ge=0, le=MAX_BACKEND_THREADS)]] = Field(
+        default=[],
+        max_length=MAX_VALUES_PER_DIMENSION,
+        description=(
+            "onnxruntime backend only: intra-op session threads per instance to sweep (0: onnxruntime's "
+            "own choice); empty: every configuration keeps the version's"
+        ),
+    )
     concurrency: int = Field(
         default=DEFAULT_CONCURRENCY,
         ge=1,
@@ -80,6 +89,7 @@ class TuneIn(BaseModel):
             delays_us=tuple(self.delays_us),
             preferred_batch_sizes=tuple(self.preferred_batch_sizes),
             instance_counts=tuple(self.instance_counts),
+            backend_threads=tuple(self.backend_threads),
             concurrency=self.concurrency,
             seconds_per_config=self.seconds_per_config,
         )

@@ -2,16 +2,17 @@
 
 A tuning run measures one version of a model under several batching
 configurations (dynamic batching's ``max_queue_delay_microseconds``, a
-preferred batch size, the instance count) on a pool without traffic, and
-writes the best one as a new version of the model. Rules kept here:
+preferred batch size, the instance count and, for the onnxruntime backend,
+its session threads) on a pool without traffic, and writes the best one as a
+new version of the model. Rules kept here:
 
 * **Names.** Candidates load under ``<model>~tune``: Triton accepts the name
   (it is only a directory name), and the registry never does (``~`` is not
   allowed in a model name), so a candidate can never replace or unload a
   model the pool holds for its standby, and a folder with that name in a
   pool's repository is always a tuning run's (``tuned_model_of``).
-* **Bounds.** A sweep is the product of its delays, preferred sizes and
-  instance counts, at most ``MAX_CONFIGURATIONS`` of them and
+* **Bounds.** A sweep is the product of its delays, preferred sizes,
+  instance counts and backend threads, at most ``MAX_CONFIGURATIONS`` of them and
   ``MAX_SWEEP_SECONDS`` of measurement in all; anything beyond is refused
   before any pool is touched.
 * **The best.** Among the swept configurations that answered every request,
@@ -41,6 +42,9 @@ MAX_CONFIGURATIONS = 48
 MAX_VALUES_PER_DIMENSION = 16
 MAX_DELAY_US = 1_000_000
 MAX_INSTANCE_COUNT = 8
+MAX_BACKEND_THREADS = 64
+THREADS_BACKEND = "onnxruntime"
+"""The backend whose session threads a sweep may set (its ``intra_op_thread_count`` parameter)."""
 MAX_CONCURRENCY = 256
 MIN_SECONDS_PER_CONFIG = 0.5
 MAX_SECONDS_PER_CONFIG = 60.0
@@ -81,15 +85,18 @@ class BatchingConfig:
 
     ``max_queue_delay_us`` None: no dynamic batching (only a version's own
     configuration can say so); ``preferred_batch_sizes`` empty: none
-    preferred; ``instance_count``: the count of each instance group.
+    preferred; ``instance_count``: the count of each instance group;
+    ``backend_threads``: the onnxruntime backend's intra-op threads per
+    instance (0: onnxruntime's own choice; None: as the configuration says).
     """
 
     max_queue_delay_us: int | None
     preferred_batch_sizes: tuple[int, ...]
     instance_count: int
+    backend_threads: int | None = None
 
     def describe(self) -> str:
-        """One short line: ``delay 500 us, preferred 8, 2 instances``."""
+        """One short line: ``delay 500 us, preferred 8, 2 instances`` (``, 2 threads`` when set)."""
         delay = (
             "no dynamic batching"
             if self.max_queue_delay_us is None
@@ -97,14 +104,23 @@ class BatchingConfig:
         )
         preferred = ",".join(str(s) for s in self.preferred_batch_sizes) or "-"
         plural = "" if self.instance_count == 1 else "s"
-        return f"{delay}, preferred {preferred}, {self.instance_count} instance{plural}"
+        text = f"{delay}, preferred {preferred}, {self.instance_count} instance{plural}"
+        if self.backend_threads == 0:
+            text += ", onnxruntime's threads"
+        elif self.backend_threads is not None:
+            text += f", {self.backend_threads} thread{'' if self.backend_threads == 1 else 's'}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        """JSON form; ``backend_threads`` only when set."""
+        data: dict[str, Any] = {
             "max_queue_delay_us": self.max_queue_delay_us,
             "preferred_batch_sizes": list(self.preferred_batch_sizes),
             "instance_count": self.instance_count,
         }
+        if self.backend_threads is not None:
+            data["backend_threads"] = self.backend_threads
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchingConfig:
@@ -113,6 +129,7 @@ class BatchingConfig:
             max_queue_delay_us=None if delay is None else int(delay),
             preferred_batch_sizes=tuple(int(s) for s in data.get("preferred_batch_sizes") or ()),
             instance_count=int(data["instance_count"]),
+            backend_threads=None if data.get("backend_threads") is None else int(data["backend_threads"]),
         )
 
 
@@ -139,6 +156,8 @@ class SweepSpec:
     instance_counts: tuple[int, ...] = DEFAULT_INSTANCE_COUNTS
     concurrency: int = DEFAULT_CONCURRENCY
     seconds_per_config: float = DEFAULT_SECONDS_PER_CONFIG
+    backend_threads: tuple[int, ...] = ()
+    """Intra-op threads to sweep (onnxruntime backend only); empty: each keeps the version's own."""
 
     def validate(self) -> SweepSpec:
         """This spec without repeated values; InvalidInput (``invalid_tuning_request``) naming a bad one."""
@@ -163,6 +182,11 @@ class SweepSpec:
             instance_counts=_values("instance_counts", self.instance_counts, low=1, high=MAX_INSTANCE_COUNT),
             concurrency=self.concurrency,
             seconds_per_config=float(seconds),
+            backend_threads=(
+                _values("backend_threads", self.backend_threads, low=0, high=MAX_BACKEND_THREADS)
+                if self.backend_threads
+                else ()
+            ),
         )
 
     @property
@@ -178,17 +202,26 @@ class SweepSpec:
             "instance_counts": list(self.instance_counts),
             "concurrency": self.concurrency,
             "seconds_per_config": self.seconds_per_config,
+            "backend_threads": list(self.backend_threads),
         }
 
 
-def plan(spec: SweepSpec, *, max_batch_size: int) -> list[BatchingConfig]:
-    """Every configuration ``spec`` sweeps, instance counts outermost, then preferred sizes, then delays.
+def plan(spec: SweepSpec, *, max_batch_size: int, backend: str | None = None) -> list[BatchingConfig]:
+    """Every configuration ``spec`` sweeps: threads outermost, then instance counts, preferred sizes, delays.
 
     InvalidInput when the model cannot batch (``max_batch_size`` 0:
     ``batching_not_supported``), a preferred size is over ``max_batch_size``,
-    or the sweep is over ``MAX_CONFIGURATIONS`` or ``MAX_SWEEP_SECONDS``.
+    threads are swept for a ``backend`` other than onnxruntime
+    (``threads_not_supported``), or the sweep is over ``MAX_CONFIGURATIONS``
+    or ``MAX_SWEEP_SECONDS``.
     """
     spec = spec.validate()
+    if spec.backend_threads and backend != THREADS_BACKEND:
+        raise InvalidInput(
+            f"backend_threads set the {THREADS_BACKEND} backend's session threads; this model runs on "
+            f"the {backend or 'unnamed'} backend",
+            code="threads_not_supported",
+        )
     if max_batch_size <= 0:
         raise InvalidInput(
             "the model's max_batch_size is 0: Triton cannot batch its requests, so there is nothing to tune",
@@ -199,7 +232,8 @@ def plan(spec: SweepSpec, *, max_batch_size: int) -> list[BatchingConfig]:
         raise _invalid(
             f"preferred batch sizes {too_large} are over the model's max_batch_size {max_batch_size}"
         )
-    count = len(spec.delays_us) * len(spec.preferred_batch_sizes) * len(spec.instance_counts)
+    threads: tuple[int | None, ...] = spec.backend_threads or (None,)
+    count = len(spec.delays_us) * len(spec.preferred_batch_sizes) * len(spec.instance_counts) * len(threads)
     if count > MAX_CONFIGURATIONS:
         raise _invalid(f"the sweep has {count} configurations; at most {MAX_CONFIGURATIONS}")
     if count * spec.seconds_per_config > MAX_SWEEP_SECONDS:
@@ -212,9 +246,10 @@ def plan(spec: SweepSpec, *, max_batch_size: int) -> list[BatchingConfig]:
             max_queue_delay_us=delay,
             preferred_batch_sizes=() if size == NO_PREFERRED_SIZE else (size,),
             instance_count=instances,
+            backend_threads=thread_count,
         )
-        for instances, size, delay in itertools.product(
-            spec.instance_counts, spec.preferred_batch_sizes, spec.delays_us
+        for thread_count, instances, size, delay in itertools.product(
+            threads, spec.instance_counts, spec.preferred_batch_sizes, spec.delays_us
         )
     ]
 

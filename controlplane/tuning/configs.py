@@ -10,6 +10,8 @@ batching...) stays exactly what it was. What it changes:
   configuration needs it; the baseline may have it off);
 * the ``count`` of every ``instance_group`` (one group, kind unset so that
   Triton picks it as for a config without groups, when there is none);
+* the onnxruntime backend's ``intra_op_thread_count`` parameter, when the
+  configuration sets threads (other parameters stay);
 * ``name``, when a name is given (candidates load under the tuning name).
 """
 
@@ -22,6 +24,7 @@ from controlplane.artifacts.protobuf_modules import model_config_pb2
 from controlplane.domain.tuning import BatchingConfig
 
 DEFAULT_INSTANCE_COUNT = 1
+THREADS_PARAMETER = "intra_op_thread_count"
 
 
 def read_config(text: str) -> model_config_pb2.ModelConfig:
@@ -39,7 +42,16 @@ def batching_of(config: model_config_pb2.ModelConfig) -> BatchingConfig:
     count = DEFAULT_INSTANCE_COUNT
     if config.instance_group and config.instance_group[0].count > 0:
         count = int(config.instance_group[0].count)
-    return BatchingConfig(max_queue_delay_us=delay, preferred_batch_sizes=preferred, instance_count=count)
+    threads: int | None = None
+    if THREADS_PARAMETER in config.parameters:
+        text = config.parameters[THREADS_PARAMETER].string_value.strip()
+        threads = int(text) if text.isdigit() else None
+    return BatchingConfig(
+        max_queue_delay_us=delay,
+        preferred_batch_sizes=preferred,
+        instance_count=count,
+        backend_threads=threads,
+    )
 
 
 def with_batching(
@@ -60,6 +72,8 @@ def with_batching(
         tuned.instance_group.add()
     for group in tuned.instance_group:
         group.count = batching.instance_count
+    if batching.backend_threads is not None:
+        tuned.parameters[THREADS_PARAMETER].string_value = str(batching.backend_threads)
     return tuned
 
 

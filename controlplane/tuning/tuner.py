@@ -246,7 +246,7 @@ class Tuner:
                 else self._default_version(session, name)
             )
         config = read_config(self._config_text(source))
-        planned = plan(spec, max_batch_size=source.signature.max_batch_size)
+        planned = plan(spec, max_batch_size=source.signature.max_batch_size, backend=source.signature.backend)
         run_id = uuid.uuid4().hex[:12]
         holder = Holder(HolderKind.TUNE, run_id)
 

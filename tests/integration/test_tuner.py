@@ -45,6 +45,7 @@ SWEEP = {
     "delays_us": [200, 2000],
     "preferred_batch_sizes": [0],
     "instance_counts": [1],
+    "backend_threads": [2],
     "concurrency": 8,
     "seconds_per_config": 1.5,
 }
@@ -234,3 +235,5 @@ def test_the_tuned_version_rolls_out_blue_green_under_load_with_its_configuratio
         replica.close()
     batching = running.get("dynamic_batching", {})
     assert int(batching.get("max_queue_delay_microseconds", 0)) == tuned.best.config.max_queue_delay_us
+    # The stand-in backend runs the session threads the sweep chose, as the native one would.
+    assert running["parameters"]["intra_op_thread_count"]["string_value"] == "2"

@@ -116,6 +116,8 @@ def test_a_tuning_run_answers_202_at_once_and_its_location_shows_results_and_the
         {"p99_ms": 5, "delays_us": []},
         {"p99_ms": 5, "delays_us": list(range(0, 1600, 100)), "preferred_batch_sizes": [0, 2, 4, 8]},
         {"p99_ms": 5, "preferred_batch_sizes": [64]},
+        {"p99_ms": 5, "backend_threads": [1, 65]},
+        {"p99_ms": 5, "backend_threads": [-1]},
         {"p99_ms": 5, "surprise": True},
     ],
 )

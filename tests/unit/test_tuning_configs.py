@@ -49,6 +49,19 @@ def test_rendering_keeps_every_field_it_does_not_tune() -> None:
     )
 
 
+def test_rendering_threads_sets_the_native_backends_parameter_and_keeps_the_others() -> None:
+    threaded = BatchingConfig(
+        max_queue_delay_us=500, preferred_batch_sizes=(), instance_count=1, backend_threads=2
+    )
+
+    parsed = parse_model_config(render_config(read_config(CONFIG), threaded))
+
+    assert parsed.parameters["intra_op_thread_count"].string_value == "2"
+    assert parsed.parameters["threads"].string_value == "1"
+    assert batching_of(parsed) == threaded
+    assert batching_of(read_config(CONFIG)).backend_threads is None
+
+
 def test_a_config_without_a_name_keeps_none_unless_one_is_given() -> None:
     nameless = read_config(CONFIG.replace('name: "mlp"\n', ""))
 

@@ -54,6 +54,44 @@ def test_the_plan_is_the_product_of_instance_counts_preferred_sizes_and_delays_i
     ]
 
 
+def test_threads_of_the_onnxruntime_backend_are_the_outermost_dimension_and_are_described() -> None:
+    spec = SweepSpec(p99_ms=10, delays_us=(0,), instance_counts=(1,), backend_threads=(1, 2, 0))
+
+    configs = plan(spec, max_batch_size=64, backend="onnxruntime")
+
+    assert [c.backend_threads for c in configs] == [1, 2, 0]
+    assert [c.describe().split(", ")[-1] for c in configs] == [
+        "1 thread",
+        "2 threads",
+        "onnxruntime's threads",
+    ]
+    assert [BatchingConfig.from_dict(c.as_dict()) for c in configs] == configs
+
+
+def test_a_sweep_without_threads_keeps_each_versions_own_and_stores_as_before() -> None:
+    (config,) = plan(SweepSpec(p99_ms=10, delays_us=(0,), instance_counts=(1,)), max_batch_size=8)
+
+    assert config.backend_threads is None
+    assert "thread" not in config.describe()
+    assert "backend_threads" not in config.as_dict()
+
+
+@pytest.mark.parametrize("backend", ["python", "pytorch", None])
+def test_threads_for_a_backend_other_than_onnxruntime_are_refused_naming_it(backend: str | None) -> None:
+    spec = SweepSpec(p99_ms=10, backend_threads=(2,))
+
+    with pytest.raises(InvalidInput) as refused:
+        plan(spec, max_batch_size=8, backend=backend)
+
+    assert refused.value.code == "threads_not_supported"
+    assert f"the {backend or 'unnamed'} backend" in refused.value.message
+
+
+def test_a_thread_count_out_of_bounds_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"backend_threads: 65 is outside 0\.\.64"):
+        plan(SweepSpec(p99_ms=10, backend_threads=(65,)), max_batch_size=8, backend="onnxruntime")
+
+
 def test_repeated_values_are_swept_once() -> None:
     spec = SweepSpec(p99_ms=10, delays_us=(0, 0, 500), preferred_batch_sizes=(4, 4), instance_counts=(1, 1))
 
