@@ -123,9 +123,17 @@ class TritonClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         """One request; _Refused for an error status (403 for a restricted API), httpx errors as raised."""
-        answer = self._client.request(
-            method, path, content=body, headers=headers, timeout=timeout or self.timeout
-        )
+        try:
+            answer = self._client.request(
+                method, path, content=body, headers=headers, timeout=timeout or self.timeout
+            )
+        except httpx.RemoteProtocolError:
+            # A kept-alive connection the server dropped (a restarted Triton) ends without an answer.
+            # Every call here can run twice (a load reloads, an unload of an unloaded model does
+            # nothing, an inference changes nothing), so it is sent once more on a new connection.
+            answer = self._client.request(
+                method, path, content=body, headers=headers, timeout=timeout or self.timeout
+            )
         if answer.status_code >= 400:
             raise _Refused(answer.status_code, _error_words(answer))
         return answer
