@@ -187,9 +187,11 @@ def test_a_killed_serving_triton_fails_only_requests_in_flight_and_comes_back(de
     total = clients.ok + len(clients.failures)
     failed = len(clients.failures)
     print(f"kill -9 of the serving Triton: {failed} failed of {total}, ready after {recovered:.1f} s")
-    # Only calls already on the killed server's connection can fail: at most one per client thread.
+    # Only calls already on the killed server's connection can fail: at most one per client thread,
+    # each a stream cut mid-call (reset, or ended by the proxy with no trailers), never a refusal.
     assert failed <= 8, clients.failures[:5]
-    assert all("RST_STREAM" in f for f in clients.failures), clients.failures[:5]
+    in_flight = ("RST_STREAM", "Stream removed")
+    assert all(any(cut in f for cut in in_flight) for f in clients.failures), clients.failures[:5]
     assert clients.ok > 1000
 
 

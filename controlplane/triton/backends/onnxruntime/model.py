@@ -16,7 +16,7 @@ Behaviour kept close to the native backend:
   core); without them each instance runs one of each. Measured on 2 cores
   (``bench/backend_threads.py``), one thread serves a small model best (a
   second one cost 14-25 % of its throughput, as Triton's frontend needs the
-  other core) while a model of a few million weights gained 28-57 % with
+  other core) while one of about ten million weights gained 28-57 % with
   two: a per-model choice, so it is the config's;
 * a dynamic batch runs as ONE ``session.run``: inputs are concatenated along
   axis 0 and outputs split back by each request's batch size. Requests that
