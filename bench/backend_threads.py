@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 from mlp_models import SHAPES, MlpShape, build_mlp_folder
-from proxy import grpc_payload, h2load
+from proxy import call_figures, grpc_payload, h2load
 
 from controlplane.runtime.ports import free_ports
 from controlplane.triton.backend_dir import build_backend_directory
@@ -81,10 +81,15 @@ def start_triton(repository: Path, work: Path, models: list[str]) -> tuple[subpr
     return process, grpc_port
 
 
-def percentile(latencies_us: list[int], q: float) -> float:
-    """The ``q``-th percentile of per-call latencies, in ms."""
-    ordered = sorted(latencies_us)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] / 1000
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One measured run of one setting: req/s, latency percentiles, failed calls, data bytes per call."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+    data_bytes: int
 
 
 def main() -> None:
@@ -111,7 +116,7 @@ def main() -> None:
         for threads in settings:
             names[(shape.name, threads)] = variant(folder, repository, threads)
     process, grpc_port = start_triton(repository, work, list(names.values()))
-    results: dict[tuple[str, int, int], list[tuple[float, list[int]]]] = {}
+    results: dict[tuple[str, int, int], list[Run]] = {}
     try:
         for shape in shapes:
             for conns in connections:
@@ -121,14 +126,14 @@ def main() -> None:
                         model = dataclasses.replace(shape, name=names[(shape.name, threads)])
                         payload = grpc_payload(model, work / f"{model.name}.grpc")
                         h2load(grpc_port, payload, conns, args.warmup, work / "warmup.log")
-                        rps, latencies, _bytes = h2load(
-                            grpc_port, payload, conns, args.seconds, work / "h2.log"
-                        )
-                        results.setdefault((shape.name, conns, threads), []).append((rps, latencies))
-                        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+                        measured = h2load(grpc_port, payload, conns, args.seconds, work / "h2.log")
+                        rps, latencies, data = measured
+                        run = Run(rps, *call_figures(latencies), data_bytes=data)
+                        results.setdefault((shape.name, conns, threads), []).append(run)
                         print(
                             f"{shape.name} c={conns} intra-op threads {threads or 'ort default'}:"
-                            f" {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
+                            f" {run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms"
+                            f"  {run.failed} failed",
                             flush=True,
                         )
     finally:
@@ -138,19 +143,23 @@ def main() -> None:
 
     print("\nsummary (mean of rounds; ratio against 1 thread, the default, in the same run)")
     for shape in shapes:
+        # Every setting runs the same network: the same answer bytes per call, or a call went wrong.
+        answers = {run.data_bytes for key, runs in results.items() if key[0] == shape.name for run in runs}
+        if len(answers) > 1:
+            print(f"  {shape.name}: answers differ between settings ({sorted(answers)} bytes per call)")
         for conns in connections:
-            base_rps = statistics.mean(r for r, _ in results[(shape.name, conns, DEFAULT_THREADS)])
-            base_p99 = statistics.mean(
-                percentile(lat, 99) for _, lat in results[(shape.name, conns, DEFAULT_THREADS)]
-            )
+            base = results[(shape.name, conns, DEFAULT_THREADS)]
+            base_rps = statistics.mean(r.rps for r in base)
+            base_p99 = statistics.mean(r.p99_ms for r in base)
             for threads in settings:
                 runs = results[(shape.name, conns, threads)]
-                rps = statistics.mean(r for r, _ in runs)
-                p99 = statistics.mean(percentile(lat, 99) for _, lat in runs)
+                rps = statistics.mean(r.rps for r in runs)
+                p99 = statistics.mean(r.p99_ms for r in runs)
+                failed = sum(r.failed for r in runs)
                 label = "ort default" if threads == 0 else f"{threads} thread{'s' if threads > 1 else ''}"
                 print(
                     f"  {shape.name:6s} c={conns:<3d} {label:12s} {rps:8.0f} req/s ({rps / base_rps:.2f}x)"
-                    f"  p99 {p99:6.2f} ms ({p99 / base_p99:.2f}x)"
+                    f"  p99 {p99:6.2f} ms ({p99 / base_p99:.2f}x)  {failed} failed"
                 )
 
 

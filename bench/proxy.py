@@ -168,6 +168,16 @@ def grpc_payload(shape: MlpShape, out: Path) -> Path:
     return out
 
 
+FAILED_CALL_US = 10**9
+"""The latency ``h2load`` reports here for a call that failed: it counts as slower than any answer."""
+
+
+def call_figures(latencies_us: list[int]) -> tuple[float, float, int]:
+    """p50 and p99 in ms of ``h2load``'s per-call latencies, and how many of the calls failed."""
+    p50, p99 = np.percentile(np.array(latencies_us, dtype=np.float64), [50, 99]) / 1000
+    return float(p50), float(p99), sum(1 for value in latencies_us if value >= FAILED_CALL_US)
+
+
 def h2load(
     port: int, payload: Path, connections: int, seconds: float, log: Path
 ) -> tuple[float, list[int], int]:
@@ -191,7 +201,7 @@ def h2load(
         else:
             failed_status += 1
     calls = len(ok) + failed_status
-    return rps, ok + [10**9] * failed_status, round(data / max(calls, 1))
+    return rps, ok + [FAILED_CALL_US] * failed_status, round(data / max(calls, 1))
 
 
 # -- the proxies beside the stack's own ----------------------------------------------------------
@@ -316,11 +326,10 @@ def measure(point: Point, target: Target, triton: list[int], work: Path, args: a
         proxy_before = cpu_seconds(proxy)
         rps, latencies, data = h2load(target.grpc_port, payload, point.connections, args.seconds, log)
         proxy_after, after = cpu_seconds(proxy), cpu_seconds(triton)
-        failed = sum(1 for value in latencies if value >= 10**9)
+        p50_ms, p99_ms, failed = call_figures(latencies)
         calls = len(latencies)
         if data != args.expected_data[name]:
             failed = calls  # every call answered without the message a success carries
-        quantiles = np.percentile(np.array(latencies, dtype=np.float64), [50, 99]) / 1000
     else:
         url = f"http://127.0.0.1:{target.http_port}/v2/models/{name}/infer"
         body, script = work / f"{name}.json", work / "post.lua"
@@ -330,12 +339,12 @@ def measure(point: Point, target: Target, triton: list[int], work: Path, args: a
         load = run_wrk("wrk", script, url, body, connections=point.connections, seconds=args.seconds)
         proxy_after, after = cpu_seconds(proxy), cpu_seconds(triton)
         calls, rps, failed = load.requests, load.rps, load.errors
-        quantiles = np.array([load.p50_ms, load.p99_ms])
+        p50_ms, p99_ms = load.p50_ms, load.p99_ms
     per_call = 1e6 / max(calls, 1)
     return Run(
         rps=rps,
-        p50_ms=float(quantiles[0]),
-        p99_ms=float(quantiles[1]),
+        p50_ms=p50_ms,
+        p99_ms=p99_ms,
         calls=calls,
         failed=failed,
         proxy_cpu_us=(proxy_after - proxy_before) * per_call if target.name != "direct" else 0.0,
