@@ -35,9 +35,9 @@ import numpy as np
 
 from controlplane.artifacts.blobs import BlobStore
 from controlplane.artifacts.golden_upload import MAX_GOLDEN_BYTES
-from controlplane.artifacts.golden_upload import golden_refusal as _refuse
 from controlplane.domain.golden import BYTES, NUMPY_TYPES, Array, GoldenSet, validate_golden
 from controlplane.domain.golden_records import GoldenFormat, Tolerance
+from controlplane.domain.golden_records import golden_refusal as _refuse
 from controlplane.domain.models import ModelSignature
 from controlplane.errors import ArtifactCorrupted
 

@@ -8,20 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controlplane.domain.golden_records import GoldenFormat
-from controlplane.errors import InvalidInput, UnsupportedMediaType
+from controlplane.domain.golden_records import GoldenFormat, golden_refusal
+from controlplane.errors import UnsupportedMediaType
 
 MAX_GOLDEN_BYTES = 64 * 1024**2
 """Largest golden file accepted (as pushed, attached or stored)."""
-
-
-def golden_refusal(message: str, tensor: str | None = None) -> InvalidInput:
-    """The InvalidInput (code ``invalid_golden_set``) every refusal of a golden set file is."""
-    return InvalidInput(
-        f"golden set: {message}",
-        code="invalid_golden_set",
-        details={"tensor": tensor} if tensor is not None else None,
-    )
 
 
 def golden_format(*, format_param: str | None, content_type: str) -> GoldenFormat:

@@ -27,8 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from controlplane.domain.golden_records import Tolerance
+from controlplane.domain.golden_records import golden_refusal as _refuse
 from controlplane.domain.models import ModelSignature, TensorSpec
-from controlplane.errors import InvalidInput
 
 Array = npt.NDArray[Any]
 
@@ -52,14 +52,6 @@ NUMPY_TYPES: Mapping[str, np.dtype[Any]] = {
 """Triton data types and the numpy type a golden input of that type must have (BYTES: see ``is_bytes``)."""
 _TEXT_KINDS = frozenset("SUO")
 _NUMBER_KINDS = frozenset("biuf")
-
-
-def _refuse(message: str, tensor: str | None = None) -> InvalidInput:
-    return InvalidInput(
-        f"golden set: {message}",
-        code="invalid_golden_set",
-        details={"tensor": tensor} if tensor is not None else None,
-    )
 
 
 @dataclass(frozen=True)

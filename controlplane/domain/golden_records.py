@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from controlplane.errors import InvalidInput
+
 GOLDEN_FILE_NAMES = ("golden.npz", "golden.json")
 """Top-level files of a pushed folder that hold its golden set (never staged into Triton's repository)."""
 DEFAULT_ATOL = 1e-5
@@ -40,6 +42,15 @@ def is_golden_file(path: str) -> bool:
 def format_of_file(path: str) -> GoldenFormat:
     """The format a golden file's name says (``golden.npz`` -> npz)."""
     return GoldenFormat.NPZ if path.endswith(".npz") else GoldenFormat.JSON
+
+
+def golden_refusal(message: str, tensor: str | None = None) -> InvalidInput:
+    """The InvalidInput (code ``invalid_golden_set``) every refusal of a golden set file is."""
+    return InvalidInput(
+        f"golden set: {message}",
+        code="invalid_golden_set",
+        details={"tensor": tensor} if tensor is not None else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ refusal for a missing or wrong key is HTTP 403; it becomes
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,17 +124,16 @@ class TritonClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         """One request; _Refused for an error status (403 for a restricted API), httpx errors as raised."""
+        send = functools.partial(
+            self._client.request, method, path, content=body, headers=headers, timeout=timeout or self.timeout
+        )
         try:
-            answer = self._client.request(
-                method, path, content=body, headers=headers, timeout=timeout or self.timeout
-            )
+            answer = send()
         except httpx.RemoteProtocolError:
             # A kept-alive connection the server dropped (a restarted Triton) ends without an answer.
             # Every call here can run twice (a load reloads, an unload of an unloaded model does
             # nothing, an inference changes nothing), so it is sent once more on a new connection.
-            answer = self._client.request(
-                method, path, content=body, headers=headers, timeout=timeout or self.timeout
-            )
+            answer = send()
         if answer.status_code >= 400:
             raise _Refused(answer.status_code, _error_words(answer))
         return answer
