@@ -252,14 +252,7 @@ def version_summary(v: d.ModelVersion | VersionSummary) -> VersionSummaryOut:
 def version_out(v: d.ModelVersion, compatibility: dict[str, Any] | None = None) -> VersionOut:
     """A version; ``compatibility`` as ``ServingComparison.as_dict()`` (None: nothing serves)."""
     return VersionOut(
-        model=v.model,
-        version=v.number,
-        digest=v.digest,
-        state=v.state.value,
-        size_bytes=v.size_bytes,
-        created_at=v.created_at,
-        last_error=v.last_error,
-        metadata=MetadataOut(**v.metadata.as_dict()),
+        **dict(version_summary(v)),
         signature=SignatureOut(**v.signature.as_dict()),
         manifest=[ManifestEntryOut(path=e.path, size=e.size, sha256=e.sha256) for e in v.manifest],
         compatibility=CompatibilityOut(**compatibility) if compatibility is not None else None,
